@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine:  `make demo`  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.headlens-installed
+
+$(VENV)/.headlens-installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# CPU torch first (a bare `torch` requirement would pull a multi-GB CUDA build).
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/headlens demo --out demo-out
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf demo-out .pytest_cache
