@@ -1,0 +1,81 @@
+"""Configs of the world's models and pipeline assembly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+HEADS = 8
+TEXT_DIM = 64
+BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def make_vae() -> AutoencoderKL:
+    """A small KL autoencoder: 3x32x32 <-> 4x16x16."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16,
+    )
+
+
+def make_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
+    """A small causal CLIP text encoder over the world tokenizer."""
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=tok.model_max_length, projection_dim=TEXT_DIM,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModel(cfg)
+
+
+def make_unet() -> UNet2DConditionModel:
+    """UNet on 4x16x16 latents, 8 heads in each of 7 cross-attention layers (16², 8², 4² mid)."""
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=HEADS,  # legacy naming: with num_attention_heads unset this is the head count
+        cross_attention_dim=TEXT_DIM, norm_num_groups=16,
+    )
+
+
+def train_scheduler() -> DDPMScheduler:
+    """The noise schedule used in training (SD's)."""
+    return DDPMScheduler(**BETAS)
+
+
+def make_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tok: CLIPTokenizer,
+                  unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """Assemble a standard StableDiffusionPipeline (PNDM, SD's default scheduler)."""
+    sched = PNDMScheduler(**BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=sched,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
+    """Save with safetensors, atomically replacing folder."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        folder.rename(old)
+        tmp.rename(folder)
+        _rmtree(old)
+    else:
+        tmp.rename(folder)
+
+
+def _rmtree(p: Path) -> None:
+    """Remove a folder tree."""
+    import shutil
+
+    shutil.rmtree(p)

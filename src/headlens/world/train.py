@@ -1,0 +1,209 @@
+"""Train the bundled world model from scratch: VAE, latents, then UNet + text encoder.
+
+python -m headlens.world.train --out runs/world/main --minutes 85 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import make_pipeline, make_text_encoder, make_unet, make_vae, save_pipeline, train_scheduler
+from .render import render_array
+from .tokenizer import build_tokenizer, check_tokenizer
+from .vocab import sample_caption
+
+
+class Log:
+    """Print and append timestamped lines to a log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.t0 = path, time.time()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.time() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+def make_dataset(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """n (caption, render) pairs; captions from the grammar, images from the renderer."""
+    rng = np.random.default_rng(seed)
+    captions = [sample_caption(rng) for _ in range(n)]
+    images = np.stack([render_array(c, seed * 10_000_000 + i)[0] for i, c in enumerate(captions)])
+    return captions, images.transpose(0, 3, 1, 2).copy()
+
+
+def to_float(x: np.ndarray) -> torch.Tensor:
+    """uint8 NCHW -> float in [-1, 1]."""
+    return torch.from_numpy(x).float().div(127.5).sub(1.0)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, cosine decay to 10 %."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_vae(images: np.ndarray, steps: int, batch: int, log: Log, gen: torch.Generator):
+    """Train the autoencoder on renders: L1 + MSE + small KL."""
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, 1e-3, 50)
+        idx = torch.randint(0, len(images), (batch,), generator=gen).numpy()
+        x = to_float(images[idx])
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=gen)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} mse {F.mse_loss(rec, x).item():.4f} kl {kl.item():.2f}")
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, images: np.ndarray, bs: int = 500) -> torch.Tensor:
+    """Posterior means of all images (unscaled)."""
+    out = [vae.encode(to_float(images[i:i + bs])).latent_dist.mode() for i in range(0, len(images), bs)]
+    return torch.cat(out)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """In-place exponential moving average of parameters."""
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the whole recipe; returns the pipeline folder."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=85.0, help="wall-clock budget for everything")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-images", type=int, default=60_000)
+    ap.add_argument("--vae-steps", type=int, default=700)
+    ap.add_argument("--unet-steps", type=int, default=0, help="0: fit the remaining budget (logged)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--p-uncond", type=float, default=0.1)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    t_start = time.time()
+    deadline = t_start + a.minutes * 60
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "train.log")
+    log(f"args {vars(a)}")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    gen = torch.Generator().manual_seed(a.seed)
+
+    tok = build_tokenizer(out / "tokenizer_build")
+    check_tokenizer(tok)
+    captions, images = make_dataset(a.n_images, a.seed)
+    log(f"rendered {len(images)} images; e.g. {captions[:3]}")
+
+    vae = train_vae(images, a.vae_steps, a.batch, log, gen)
+    lat = encode_all(vae, images)
+    scale = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scale)
+    lat = lat * scale
+    log(f"latents {tuple(lat.shape)} scaling_factor {scale:.4f}")
+    with torch.no_grad():
+        x = to_float(images[:256])
+        rec = vae.decode(lat[:256] / scale).sample
+        log(f"vae reconstruction mse on 256 renders {F.mse_loss(rec, x).item():.5f}")
+
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt")["input_ids"]
+    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")["input_ids"]
+    unet, te = make_unet(), make_text_encoder(tok)
+    unet_ema, te_ema = make_unet(), make_text_encoder(tok)
+    unet_ema.load_state_dict(unet.state_dict())
+    te_ema.load_state_dict(te.state_dict())
+    for m in (unet_ema, te_ema):
+        m.requires_grad_(False).eval()
+    noise_sched = train_scheduler()
+    acp = noise_sched.alphas_cumprod
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    unet.train()
+    te.train()
+    pipe_dir = out / "pipeline"
+
+    def checkpoint(tag: str) -> None:
+        save_pipeline(make_pipeline(vae, te_ema, tok, unet_ema), pipe_dir)
+        log(f"checkpoint ({tag}) -> {pipe_dir}")
+
+    total = a.unet_steps or 10**9
+    losses: list[float] = []
+    t_unet = time.time()
+    last_ckpt = t_unet
+    step = 0
+    while step < total:
+        if step == 50 and not a.unet_steps:
+            rate = 50 / (time.time() - t_unet)
+            total = max(100, int(rate * (deadline - time.time() - 60) * 0.97) + 50)
+            log(f"measured {rate:.2f} steps/s -> unet steps {total} (pass --unet-steps {total} to repeat exactly)")
+        if time.time() > deadline - 30:
+            log(f"time budget reached at step {step}/{total}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, a.lr, 200)
+        idx = torch.randint(0, len(lat), (a.batch,), generator=gen)
+        x0 = lat[idx]
+        cap = ids[idx].clone()
+        drop = torch.rand(a.batch, generator=gen) < a.p_uncond
+        cap[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (a.batch,), generator=gen)
+        ab = acp[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        enc = te(cap)[0]
+        pred = unet(xt, t, encoder_hidden_states=enc).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(a.ema, (1 + step) / (10 + step))
+        ema_update(unet_ema, unet, d)
+        ema_update(te_ema, te, d)
+        losses.append(loss.item())
+        step += 1
+        if step % 100 == 0:
+            log(f"unet step {step}/{total} loss {np.mean(losses[-100:]):.4f} lr {opt.param_groups[0]['lr']:.2e}")
+        if time.time() - last_ckpt > a.checkpoint_minutes * 60:
+            checkpoint(f"step {step}")
+            last_ckpt = time.time()
+    checkpoint(f"final, step {step}")
+    info = {"args": vars(a), "unet_steps_done": step, "unet_steps_planned": total,
+            "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": scale,
+            "final_loss": float(np.mean(losses[-200:])) if losses else None}
+    (out / "train_info.json").write_text(json.dumps(info, indent=1))
+    log(f"done {info}")
+    return pipe_dir
+
+
+if __name__ == "__main__":
+    main()
