@@ -22,7 +22,7 @@ from .heads import HeadIndex  # noqa: E402
 from .hrv import HRV, LayoutMismatchError  # noqa: E402
 
 _LAZY = {
-    "build": ("headlens.build", "build"),
+    "build": ("headlens.building", "build"),
     "steer": ("headlens.steering", "steer"),
     "excite": ("headlens.excite", "excite"),
     "edit": ("headlens.edit", None),

@@ -15,6 +15,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the headlens version and exit.", is_eager=True),
+) -> None:
+    """Find and steer the cross-attention heads of text-to-image diffusion models."""
+    if version:
+        from headlens import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 # Each module registers its commands on `app` when imported. Add new command modules here.
 COMMAND_MODULES = [
     "headlens.cli.build_cmd",

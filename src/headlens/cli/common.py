@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Library chatter (e.g. "requires torchvision") is not for CLI users; real errors still surface.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import typer
 from rich.console import Console
@@ -28,13 +33,11 @@ def run_app(app: typer.Typer) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
         return 2
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # click usage errors and the like (typer may vendor its own click)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+            return int(e.exit_code)
+        if type(e).__name__ == "Abort":
             console.print("aborted")
             return 130
         raise
@@ -90,7 +93,8 @@ def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
             raise UserError(f"cannot load model {model!r} ({first}); give a local pipeline folder or a reachable hub id") from None
         if not hasattr(pipe, "unet"):
             raise UserError(f"model {model!r} has no UNet; headlens supports SD1.x/2.x/SDXL-style pipelines")
-    pipe = pipe.to(device=device, dtype=torch_dtype)
+    if pipe.unet.dtype != torch_dtype or str(pipe.unet.device) != str(torch.device(device)):
+        pipe = pipe.to(device=device, dtype=torch_dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe

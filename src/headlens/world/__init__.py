@@ -6,8 +6,16 @@ from pathlib import Path
 from .render import render
 from .vocab import POLYSEMOUS, VOCABULARY, concept_words, parse_caption
 
-__all__ = ["VOCABULARY", "POLYSEMOUS", "render", "load_pipeline", "model_path", "Scorer", "concept_words",
-           "parse_caption"]
+__all__ = [
+    "POLYSEMOUS",
+    "VOCABULARY",
+    "Scorer",
+    "concept_words",
+    "load_pipeline",
+    "model_path",
+    "parse_caption",
+    "render",
+]
 
 
 def model_path() -> Path:

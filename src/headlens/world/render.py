@@ -5,8 +5,19 @@ import numpy as np
 from PIL import Image
 
 from .vocab import (
-    BACKGROUNDS, COLOR_WEIGHTS, COLORS, DEFAULT_BACKGROUND, DEFAULT_PATTERN, FRUIT, OPPOSITE,
-    POSITIONS, SIZES, ObjectSpec, SceneSpec, _pick, parse_caption,
+    BACKGROUNDS,
+    COLOR_WEIGHTS,
+    COLORS,
+    DEFAULT_BACKGROUND,
+    DEFAULT_PATTERN,
+    FRUIT,
+    OPPOSITE,
+    POSITIONS,
+    SIZES,
+    ObjectSpec,
+    SceneSpec,
+    _pick,
+    parse_caption,
 )
 
 RES = 32

@@ -1,6 +1,7 @@
 """A small byte-level BPE CLIPTokenizer where every world word is one token."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     """CLIP-style BPE of one (already byte-mapped) word."""
     parts = list(word[:-1]) + [word[-1] + "</w>"]
     while len(parts) > 1:
-        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
         rank, i = min(pairs)
         if rank == 1 << 30:
             break

@@ -1,0 +1,201 @@
+"""Vote capture: the attention plugin that lets every head vote for a concept at every step (spec §3).
+
+Vectorised over heads and over the images of a batch; queries of the conditional half only;
+integer counts accumulate in a ``[timesteps, heads, concepts]`` tensor on the model's device.
+No attention maps are stored and nothing is copied to the host during generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from .attention import AttentionCall, Plugin
+from .concepts import ConceptSet
+from .heads import HeadIndex, Layer
+from .tokens import TokenMap
+from .votes import concept_scores, votes_from_scores
+
+VARIANTS = ("reference", "all-words")
+
+
+def derived_seed(seed: int, index: int, purpose: str) -> int:
+    """A 63-bit seed derived from (seed, prompt index, purpose): independent of batching and sharding."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(index)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class ConceptTokens:
+    """Every concept-word's token embeddings, flattened into one table."""
+
+    table: torch.Tensor  # [T_all + 1, D]: all word tokens, then the start token
+    word_tokens: torch.Tensor  # [W, S_max] indices into table, -1 padded
+    word_length: torch.Tensor  # [W]
+    word_concept: torch.Tensor  # [W]
+    concept_first_word: torch.Tensor  # [C]
+    concept_num_words: torch.Tensor  # [C]
+    slot_width: torch.Tensor  # [C]: longest word of each concept, in tokens
+
+    @property
+    def start_index(self) -> int:
+        """Row of the start token in ``table``."""
+        return self.table.shape[0] - 1
+
+
+def encode_concept_words(pipe, concepts: ConceptSet, device=None) -> ConceptTokens:
+    """Encode each concept-word on its own (spec §2) and keep only its own token embeddings."""
+    tokenizer = pipe.tokenizer
+    device = device or pipe.unet.device
+    rows, word_tokens, lengths, owners, firsts, counts = [], [], [], [], [], []
+    start = None
+    for c, words in enumerate(concepts.words):
+        firsts.append(len(lengths))
+        counts.append(len(words))
+        for word in words:
+            emb = encode_text(pipe, word, device)[0]  # [L, D]
+            tm = TokenMap.from_tokenizer(tokenizer, word)
+            pos = tm.word_positions
+            if not pos:
+                raise ValueError(f"concept-word {word!r} of {concepts.names[c]!r} has no tokens")
+            if start is None:
+                start = emb[0]
+            word_tokens.append([sum(len(r) for r in rows) + i for i in range(len(pos))])
+            rows.append(emb[pos])
+            lengths.append(len(pos))
+            owners.append(c)
+    table = torch.cat(rows + [start[None]], dim=0)
+    s_max = max(lengths)
+    padded = torch.full((len(word_tokens), s_max), -1, dtype=torch.long)
+    for w, toks in enumerate(word_tokens):
+        padded[w, : len(toks)] = torch.tensor(toks)
+    length = torch.tensor(lengths)
+    owner = torch.tensor(owners)
+    slot = torch.stack([length[owner == c].max() for c in range(len(concepts))])
+    return ConceptTokens(table, padded, length, owner, torch.tensor(firsts), torch.tensor(counts), slot)
+
+
+@torch.no_grad()
+def encode_text(pipe, text: str | list[str], device=None) -> torch.Tensor:
+    """Prompt embeddings exactly as the pipeline's ``encode_prompt`` makes them (SDXL: both encoders)."""
+    device = device or pipe.unet.device
+    out = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    return out[0]
+
+
+class VoteCapture(Plugin):
+    """Per-head concept votes for every cross-attention call of a generation."""
+
+    needs_query = True
+
+    def __init__(self, tokens: ConceptTokens, heads: HeadIndex, num_concepts: int, *, variant: str = "reference",
+                 start_token: bool = True, device=None):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+        self.tokens = tokens
+        self.heads = heads
+        self.num_concepts = num_concepts
+        self.variant = variant
+        self.start_token = start_token
+        self.device = device
+        self.votes: torch.Tensor | None = None  # [T, H, C] int64 on device
+        self._keys: dict[int, torch.Tensor] = {}  # layer index -> [heads, T_all + 1, d]
+        self._plan: dict | None = None
+        self._all_weights: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ per-batch word draws
+    def begin_batch(self, prompt_indices: list[int], seed: int, num_steps: int) -> None:
+        """Draw the concept-words for every (step, layer, image) of this batch from per-prompt generators."""
+        self._ensure_votes(num_steps)
+        if self.variant != "reference":
+            self._plan = None
+            return
+        t = self.tokens
+        layers, concepts = len(self.heads.layers), self.num_concepts
+        draws = torch.stack([
+            torch.rand(num_steps, layers, concepts, generator=torch.Generator().manual_seed(derived_seed(seed, i, "words")))
+            for i in prompt_indices
+        ], dim=2)  # [T, L, B, C]
+        choice = (draws * t.concept_num_words).floor().long().clamp_max(t.concept_num_words - 1)
+        word = t.concept_first_word + choice  # global word id, [T, L, B, C]
+        parts_idx, parts_inv, slot_concept = [], [], [-1]
+        for c in range(concepts):
+            width = int(t.slot_width[c])
+            idx = t.word_tokens[word[..., c]][..., :width]  # [T, L, B, width]
+            n = t.word_length[word[..., c]].unsqueeze(-1).float()
+            parts_idx.append(idx)
+            parts_inv.append((idx >= 0).float() / n)
+            slot_concept += [c] * width
+        start = torch.full((*word.shape[:3], 1), t.start_index if self.start_token else -1, dtype=torch.long)
+        idx = torch.cat([start] + parts_idx, dim=-1)  # [T, L, B, M]
+        inv = torch.cat([torch.zeros(start.shape)] + parts_inv, dim=-1)  # [T, L, B, M]
+        onehot = torch.zeros(len(slot_concept), concepts)
+        for m, c in enumerate(slot_concept):
+            if c >= 0:
+                onehot[m, c] = 1.0
+        device = self.device
+        self._plan = {"index": idx.clamp_min(0).to(device), "mask": (idx >= 0).to(device),
+                      "inv_len": inv.to(device), "onehot": onehot.to(device)}
+
+    def _ensure_votes(self, num_steps: int) -> None:
+        shape = (num_steps, len(self.heads), self.num_concepts)
+        if self.votes is None:
+            self.votes = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        elif self.votes.shape[0] < num_steps:
+            grown = torch.zeros(shape, dtype=torch.int64, device=self.device)
+            grown[: self.votes.shape[0]] = self.votes
+            self.votes = grown
+
+    # ------------------------------------------------------------------ attention callback
+    def _layer_keys(self, attn, layer: Layer) -> torch.Tensor:
+        keys = self._keys.get(layer.index)
+        if keys is None:
+            table = self.tokens.table.to(device=attn.to_k.weight.device, dtype=attn.to_k.weight.dtype)
+            with torch.no_grad():
+                enc = table[None]
+                if attn.norm_cross:
+                    enc = attn.norm_encoder_hidden_states(enc)
+                k = attn.to_k(enc)  # [1, N, inner]
+                k = k.view(1, -1, attn.heads, k.shape[-1] // attn.heads).transpose(1, 2)
+                if attn.norm_k is not None:
+                    k = attn.norm_k(k)
+            keys = k[0]  # [heads, N, d]
+            self._keys[layer.index] = keys
+        return keys
+
+    def on_query(self, call: AttentionCall, attn, query: torch.Tensor) -> None:
+        layer = call.layer
+        with torch.no_grad():
+            q = query[call.cond]  # [B, h, P, d]
+            keys = self._layer_keys(attn, layer)
+            if self.variant == "reference":
+                plan = self._plan
+                if plan is None:
+                    raise RuntimeError("VoteCapture.begin_batch() was not called before generation")
+                step = min(call.step, plan["index"].shape[0] - 1)
+                index = plan["index"][step, layer.index]  # [B, M]
+                k = keys[:, index].permute(1, 0, 2, 3)  # [B, h, M, d]
+                weights = plan["inv_len"][step, layer.index].unsqueeze(-1) * plan["onehot"]  # [B, M, C]
+                scores = concept_scores(q, k, weights, attn.scale, plan["mask"][step, layer.index])
+            else:
+                if self._all_weights is None:
+                    self._all_weights = self._all_words_weights().to(q.device)
+                k = keys if self.start_token else keys[:, :-1]
+                w = self._all_weights if self.start_token else self._all_weights[:-1]
+                scores = concept_scores(q, k.unsqueeze(0).expand(q.shape[0], -1, -1, -1), w, attn.scale)
+            counts = votes_from_scores(scores)  # [h, C]
+            self._ensure_votes(call.step + 1)
+            self.votes[call.step, layer.head_offset : layer.head_offset + layer.num_heads] += counts
+
+    def _all_words_weights(self) -> torch.Tensor:
+        """All-words variant: each token weighs 1/(tokens of its word × words of its concept)."""
+        t = self.tokens
+        w = torch.zeros(t.table.shape[0], self.num_concepts)
+        for word in range(t.word_tokens.shape[0]):
+            c = int(t.word_concept[word])
+            n = int(t.word_length[word])
+            for tok in t.word_tokens[word, :n]:
+                w[int(tok), c] = 1.0 / (n * int(t.concept_num_words[c]))
+        return w
