@@ -129,14 +129,13 @@ class HRVBuilder:
     def metadata(self) -> dict:
         """Run description stored in the HRV's JSON."""
         s = self.settings
-        sched = self.pipe.scheduler
         return {
             "model": model_name(self.pipe), "pipeline": type(self.pipe).__name__,
             "head_layout": self.heads.fingerprint, "num_heads": len(self.heads),
             "prompts_fingerprint": prompts_fingerprint(self.prompts), "num_prompts": len(self.prompts),
             "prompts_done": sum(len(self.batch_prompts(b)) for b in self.batches_done),
             "num_inference_steps": s.num_inference_steps, "unet_evaluations": int(self.votes.shape[0]),
-            "scheduler": type(sched).__name__, "guidance_scale": s.guidance_scale, "seed": s.seed,
+            "scheduler": getattr(self, "scheduler_name", type(self.pipe.scheduler).__name__), "guidance_scale": s.guidance_scale, "seed": s.seed,
             "batch_size": s.batch_size, "variant": s.variant, "start_token": s.start_token,
             "height": s.height, "width": s.width, "negative_prompt": s.negative_prompt,
             "dtype": str(self.pipe.unet.dtype).replace("torch.", ""), "headlens_version": __version__,
@@ -160,6 +159,7 @@ class HRVBuilder:
 
             cls = getattr(diffusers, SCHEDULERS[s.scheduler])
             self.pipe.scheduler = cls.from_config(original_scheduler.config)
+        self.scheduler_name = type(self.pipe.scheduler).__name__
         total = sum(len(self.batch_prompts(b)) for b in todo)
         bar = _progress_bar(total) if progress else None
         start, done = time.perf_counter(), 0

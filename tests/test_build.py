@@ -1,0 +1,210 @@
+"""HRV construction: votes equal an independent slow computation; generation untouched; resume exact."""
+
+import math
+
+import pytest
+import torch
+
+import headlens
+from headlens.attention import Plugin, Session
+from headlens.building import BuildSettings, CheckpointMismatchError, HRVBuilder
+from headlens.capture import derived_seed
+from headlens.heads import HeadIndex
+
+CONCEPTS = {"Color": ["red", "blue", "green"], "Animals": ["cat", "golden retriever"], "Plants": ["rose", "oak tree", "fern"]}
+PROMPTS = ["a photo of a cat", "a red car on a street", "a rose in a vase", "a dog on green grass", "a blue bird"]
+STEPS = 3
+
+
+class QueryRecorder(Plugin):
+    """Stores the conditional-half queries of every cross-attention call."""
+
+    needs_query = True
+
+    def __init__(self):
+        self.q = {}
+
+    def on_query(self, call, attn, query):
+        self.q[(call.step, call.layer.index)] = (attn, query[call.cond].detach().clone())
+
+
+def word_embeddings(pipe, word):
+    """The word's own token embeddings, encoded alone (by hand: token ids, no TokenMap)."""
+    ids = pipe.tokenizer(word, padding="max_length", max_length=pipe.tokenizer.model_max_length)["input_ids"]
+    n = len(pipe.tokenizer(word, add_special_tokens=False)["input_ids"])
+    emb = pipe.encode_prompt(prompt=word, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0][0]
+    assert ids[0] == pipe.tokenizer.bos_token_id
+    return emb[0], emb[1 : 1 + n]
+
+
+@torch.no_grad()
+def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", start_token=True):
+    """Plain loops over images, heads and concepts; attention recomputed by hand in float64."""
+    heads = HeadIndex.from_unet(pipe.unet)
+    names = list(CONCEPTS)
+    words = {c: [word_embeddings(pipe, w) for w in ws] for c, ws in CONCEPTS.items()}
+    bos = words[names[0]][0][0]
+    votes = torch.zeros(STEPS, len(heads), len(names), dtype=torch.int64)
+    for start in range(0, len(prompts), batch_size):
+        idx = list(range(start, min(start + batch_size, len(prompts))))
+        rec = QueryRecorder()
+        with Session(pipe, [rec], cfg=guidance > 1):
+            pipe([prompts[i] for i in idx], num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent",
+                 generator=[torch.Generator().manual_seed(derived_seed(seed, i, "latents")) for i in idx])
+        draws = {i: torch.rand(STEPS, len(heads.layers), len(names),
+                               generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
+        for (step, li), (attn, q) in rec.q.items():
+            layer = heads.layers[li]
+            for b, i in enumerate(idx):
+                if variant == "reference":
+                    chosen = []
+                    for c, name in enumerate(names):
+                        k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))), len(words[name]) - 1)
+                        chosen.append((c, words[name][k][1], 1.0))
+                else:
+                    chosen = [(c, e[1], 1.0 / len(words[name])) for c, name in enumerate(names) for e in words[name]]
+                toks = ([bos[None]] if start_token else []) + [e for _, e, _ in chosen]
+                owner = ([(-1, 0.0)] if start_token else []) + [(c, w / len(e)) for c, e, w in chosen for _ in range(len(e))]
+                k_all = attn.to_k(torch.cat(toks)[None])[0].double()  # [M, inner]
+                for h in range(layer.num_heads):
+                    d = layer.head_dim
+                    qh = q[b, h].double()  # [pixels, d]
+                    kh = k_all[:, h * d : (h + 1) * d]
+                    p = torch.softmax(qh @ kh.T * attn.scale, dim=-1).mean(dim=0)
+                    score = [0.0] * len(names)
+                    for m, (c, w) in enumerate(owner):
+                        if c >= 0:
+                            score[c] += w * float(p[m])
+                    votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+    return votes
+
+
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
+@pytest.mark.parametrize("variant,start_token", [("reference", True), ("reference", False), ("all-words", True)])
+def test_votes_equal_slow_computation(pipe_name, variant, start_token, request):
+    pipe = request.getfixturevalue(pipe_name)
+    hrv = headlens.build(pipe, CONCEPTS, PROMPTS, num_inference_steps=STEPS, guidance_scale=5.0, batch_size=2,
+                         seed=7, variant=variant, start_token=start_token)
+    expected = slow_votes(pipe, PROMPTS, 2, 7, 5.0, variant, start_token)
+    assert hrv.votes.shape == (STEPS, len(hrv.heads), 3)
+    assert torch.equal(hrv.votes, expected)
+
+
+def test_votes_without_guidance_use_whole_batch(sd_pipe):
+    hrv = headlens.build(sd_pipe, CONCEPTS, PROMPTS[:3], num_inference_steps=STEPS, guidance_scale=1.0, batch_size=3, seed=3)
+    assert torch.equal(hrv.votes, slow_votes(sd_pipe, PROMPTS[:3], 3, 3, 1.0))
+
+
+def test_vote_sums_and_normalisation(sd_pipe):
+    hrv = headlens.build(sd_pipe, CONCEPTS, PROMPTS, num_inference_steps=STEPS, batch_size=2, seed=1)
+    H = len(hrv.heads)
+    # every head casts one vote per image per UNet evaluation
+    assert (hrv.votes.sum(dim=2) == len(PROMPTS)).all()
+    assert (hrv.votes.sum(dim=(1, 2)) == len(PROMPTS) * H).all()
+    m = hrv.matrix
+    assert m.shape == (3, H)
+    assert torch.allclose(m.mean(dim=1), torch.ones(3))
+    # independent formula: H * V[h,c] / sum_h V[h,c] (heads vote equally often)
+    v = hrv.votes.sum(0).double()
+    expected = (H * v / v.sum(0, keepdim=True)).T
+    for c in range(3):
+        if v[:, c].sum() > 0:
+            assert torch.allclose(m[c].double(), expected[c], atol=1e-5)
+    pt = hrv.per_timestep
+    assert pt.shape == (STEPS, 3, H)
+    for t in range(STEPS):
+        vt = hrv.votes[t].double()
+        for c in range(3):
+            if vt[:, c].sum() > 0:
+                assert torch.allclose(pt[t, c].double(), (H * vt[:, c] / vt[:, c].sum()), atol=1e-5)
+
+
+def test_same_seed_same_hrv_other_seed_differs(sd_pipe):
+    a = headlens.build(sd_pipe, CONCEPTS, PROMPTS, num_inference_steps=STEPS, batch_size=2, seed=5)
+    b = headlens.build(sd_pipe, CONCEPTS, PROMPTS, num_inference_steps=STEPS, batch_size=2, seed=5)
+    c = headlens.build(sd_pipe, CONCEPTS, PROMPTS, num_inference_steps=STEPS, batch_size=2, seed=6)
+    assert torch.equal(a.votes, b.votes)
+    assert not torch.equal(a.votes, c.votes)
+
+
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
+def test_generation_bit_identical_with_capture(pipe_name, request):
+    from headlens.capture import VoteCapture, encode_concept_words
+
+    pipe = request.getfixturevalue(pipe_name)
+    heads = HeadIndex.from_unet(pipe.unet)
+    tokens = encode_concept_words(pipe, headlens.ConceptSet.from_dict(CONCEPTS))
+
+    def run():
+        return pipe(PROMPTS[:2], num_inference_steps=STEPS, output_type="np",
+                    generator=[torch.Generator().manual_seed(i) for i in range(2)]).images
+
+    plain = run()
+    cap = VoteCapture(tokens, heads, 3)
+    cap.begin_batch([0, 1], seed=0, num_steps=STEPS)
+    with Session(pipe, [cap]):
+        captured = run()
+    assert cap.votes.sum() == 2 * len(heads) * STEPS  # it really ran
+    assert (plain == captured).all()
+    assert (run() == plain).all()  # processors restored
+
+
+def test_resume_equals_uninterrupted(sd_pipe, tmp_path):
+    settings = dict(num_inference_steps=STEPS, batch_size=2, seed=11)
+    full = headlens.build(sd_pipe, CONCEPTS, PROMPTS, **settings)
+    first = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11))
+    first.run(batches=[0])
+    first.save_checkpoint(tmp_path)
+    second = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11))
+    assert second.load_checkpoint(tmp_path)
+    assert second.batches_done == {0}
+    second.run()
+    assert torch.equal(second.result().votes, full.votes)
+    # through the public API: a finished run resumes to the same counts without recomputation
+    again = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path / "o", checkpoint_every=2, **settings)
+    resumed = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path / "o", resume=True, **settings)
+    assert torch.equal(again.votes, full.votes) and torch.equal(resumed.votes, full.votes)
+
+
+def test_checkpoint_of_other_run_is_refused(sd_pipe, tmp_path):
+    b = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11))
+    b.run(batches=[0])
+    b.save_checkpoint(tmp_path)
+    other = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 12))
+    with pytest.raises(CheckpointMismatchError, match="differs in: settings"):
+        other.load_checkpoint(tmp_path)
+    other = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS[:-1], BuildSettings(STEPS, 7.5, 2, 11))
+    with pytest.raises(CheckpointMismatchError, match="num_prompts, prompts"):
+        other.load_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointMismatchError, match="unreadable"):
+        HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11)).load_checkpoint(tmp_path)
+
+
+def test_existing_checkpoint_needs_resume_flag(sd_pipe, tmp_path):
+    headlens.build(sd_pipe, CONCEPTS, PROMPTS[:2], num_inference_steps=2, out=tmp_path)
+    with pytest.raises(FileExistsError, match="--resume"):
+        headlens.build(sd_pipe, CONCEPTS, PROMPTS[:2], num_inference_steps=2, out=tmp_path)
+
+
+def test_bad_settings_are_clear(sd_pipe):
+    with pytest.raises(ValueError, match="unknown variant"):
+        headlens.build(sd_pipe, CONCEPTS, PROMPTS, variant="nope")
+    with pytest.raises(ValueError, match="batch size"):
+        headlens.build(sd_pipe, CONCEPTS, PROMPTS, batch_size=0)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        headlens.build(sd_pipe, CONCEPTS, PROMPTS, scheduler="warp")
+    with pytest.raises(ValueError, match="prompt set is empty"):
+        headlens.build(sd_pipe, CONCEPTS, [])
+
+
+def test_scheduler_option_counts_unet_evaluations(sd_pipe):
+    hrv = headlens.build(sd_pipe, CONCEPTS, PROMPTS[:1], num_inference_steps=4, scheduler="pndm")
+    sd_pipe.scheduler.set_timesteps(4)
+    assert type(sd_pipe.scheduler).__name__ == "DDIMScheduler"  # restored
+    from diffusers import PNDMScheduler
+
+    pndm = PNDMScheduler.from_config(sd_pipe.scheduler.config)
+    pndm.set_timesteps(4)
+    assert hrv.votes.shape[0] == len(pndm.timesteps)
+    assert hrv.metadata["scheduler"] == "PNDMScheduler"
