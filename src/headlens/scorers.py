@@ -1,0 +1,200 @@
+"""Image scorers for the weakening and causal-ranking analyses.
+
+The protocol is one method::
+
+    scorer.score(images, targets, prompts=None) -> list[float]
+
+``images`` are PIL images (or ``H×W×3`` arrays), ``targets[i]`` is the word image *i* should show
+(the concept-word of its prompt, e.g. ``"red"``) and ``prompts[i]`` its full prompt (optional;
+some scorers use it). Higher means "shows the target more". Implementations:
+
+* :class:`ClipScorer` — CLIP image–text cosine similarity with the target word (spec §6), through
+  transformers' ``CLIPModel`` (hub id or local folder, or model objects);
+* :class:`OpenClipScorer` — the same through ``open_clip`` (optional dependency, imported lazily);
+* :class:`WorldScorer` — the bundled world's ground-truth reader: 1.0 if the image shows the
+  target value of its concept, else 0.0;
+* :class:`FunctionScorer` — any ``fn(image, target, prompt) -> float``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_OPENCLIP = "ViT-B-32/openai"
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything with ``score(images, targets, prompts=None) -> list[float]``."""
+
+    def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
+        """One score per image: how well image i shows targets[i]."""
+        ...
+
+
+def to_pil(image) -> Image.Image:
+    """A PIL RGB image from a PIL image, an ``H×W×3`` array (0..1 floats or 0..255) or a ``3×H×W`` tensor."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).convert("RGB")
+
+
+def _check(images: Sequence, targets: Sequence[str]) -> None:
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets; give one target word per image")
+
+
+class ClipScorer:
+    """CLIP image–text cosine similarity between each image and its target word (``template`` formats the text)."""
+
+    def __init__(self, model: str | torch.nn.Module = DEFAULT_CLIP, tokenizer=None, image_processor=None,
+                 device: str | torch.device = "cpu", batch_size: int = 32, template: str = "{}"):
+        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+        self.name = model if isinstance(model, str) else type(model).__name__
+        if isinstance(model, str):
+            try:
+                self.model = CLIPModel.from_pretrained(model)
+                tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+                image_processor = image_processor or AutoImageProcessor.from_pretrained(model)
+            except OSError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"cannot load CLIP model {model!r} ({first}); give a local CLIP folder "
+                                 "(CLIPModel + tokenizer + image processor) or a reachable hub id") from None
+        else:
+            self.model = model
+        if tokenizer is None or image_processor is None:
+            raise ValueError("ClipScorer with a model object also needs tokenizer= and image_processor=")
+        self.model = self.model.to(device).eval()
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.device, self.batch_size, self.template = torch.device(device), int(batch_size), template
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm projected text embeddings ``[n, d]``."""
+        enc = self.tokenizer([self.template.format(t) for t in texts], padding=True, truncation=True,
+                             return_tensors="pt").to(self.device)
+        out = self.model.text_model(input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"))
+        emb = self.model.text_projection(out.pooler_output)
+        return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: Sequence) -> torch.Tensor:
+        """Unit-norm projected image embeddings ``[n, d]``."""
+        chunks = []
+        for i in range(0, len(images), self.batch_size):
+            batch = [to_pil(im) for im in images[i:i + self.batch_size]]
+            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+            dtype = next(self.model.parameters()).dtype
+            out = self.model.vision_model(pixel_values=pixels.to(self.device, dtype))
+            chunks.append(self.model.visual_projection(out.pooler_output).float())
+        return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+    def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
+        """Cosine similarity of image i and the text of targets[i]."""
+        _check(images, targets)
+        if not len(images):
+            return []
+        unique = sorted(set(targets))
+        text = self.text_embeddings(unique)
+        rows = torch.tensor([unique.index(t) for t in targets])
+        img = self.image_embeddings(images)
+        return (img * text[rows].to(img.device)).sum(-1).cpu().tolist()
+
+
+class OpenClipScorer:
+    """CLIP cosine similarity through ``open_clip`` (``model="ARCH/PRETRAINED"``, e.g. ``ViT-B-32/openai``)."""
+
+    def __init__(self, model: str = DEFAULT_OPENCLIP, device: str = "cpu", template: str = "{}"):
+        try:
+            import open_clip
+        except ImportError:
+            raise ImportError(
+                "OpenClipScorer needs the optional package open_clip: `pip install open_clip_torch` "
+                "(install CPU torch first, or it pulls a CUDA build), or use ClipScorer"
+            ) from None
+        arch, _, pretrained = model.partition("/")
+        self.name = model
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+        self.model = self.model.to(device).eval()
+        self.tokenize = open_clip.get_tokenizer(arch)
+        self.device, self.template = device, template
+
+    @torch.no_grad()
+    def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
+        """Cosine similarity of image i and the text of targets[i]."""
+        _check(images, targets)
+        if not len(images):
+            return []
+        unique = sorted(set(targets))
+        text = self.model.encode_text(self.tokenize([self.template.format(t) for t in unique]).to(self.device))
+        text = torch.nn.functional.normalize(text.float(), dim=-1)
+        pixels = torch.stack([self.preprocess(to_pil(im)) for im in images]).to(self.device)
+        img = torch.nn.functional.normalize(self.model.encode_image(pixels).float(), dim=-1)
+        rows = torch.tensor([unique.index(t) for t in targets])
+        return (img * text[rows]).sum(-1).cpu().tolist()
+
+
+class WorldScorer:
+    """Ground truth for the bundled world model: 1.0 if the image's ``concept`` reads as the target word, else 0.0."""
+
+    def __init__(self, concept: str, reader=None):
+        self.concept = concept
+        self.name = f"world:{concept}"
+        if reader is None:
+            from .world import Scorer as WorldReader
+
+            reader = WorldReader()
+        self.reader = reader
+
+    def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
+        """1.0 where ``reader.score(image)[concept] == target`` (case-insensitive), else 0.0."""
+        _check(images, targets)
+        out = []
+        for im, target in zip(images, targets):
+            result = self.reader.score(to_pil(im))
+            if self.concept not in result:
+                raise KeyError(f"the world scorer has no concept {self.concept!r} (have: {', '.join(result)})")
+            seen = result[self.concept]
+            out.append(1.0 if seen is not None and str(seen).lower() == str(target).lower() else 0.0)
+        return out
+
+
+class FunctionScorer:
+    """Wrap ``fn(image, target, prompt) -> float`` as a scorer."""
+
+    def __init__(self, fn: Callable[[Image.Image, str, str | None], float], name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "function")
+
+    def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
+        """``fn`` applied to each (image, target, prompt)."""
+        _check(images, targets)
+        prompts = list(prompts) if prompts is not None else [None] * len(images)
+        return [float(self.fn(to_pil(im), t, p)) for im, t, p in zip(images, targets, prompts)]
+
+
+def make_scorer(spec: str, concept: str | None = None, device: str = "cpu") -> Scorer:
+    """A scorer from a short spec: ``clip``, ``clip:MODEL``, ``openclip``, ``openclip:ARCH/PRETRAINED``, ``world``."""
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "clip":
+        return ClipScorer(arg or DEFAULT_CLIP, device=device)
+    if kind == "openclip":
+        return OpenClipScorer(arg or DEFAULT_OPENCLIP, device=device)
+    if kind == "world":
+        if not concept:
+            raise ValueError("the world scorer needs a concept (e.g. Color)")
+        return WorldScorer(concept)
+    raise ValueError(f"unknown scorer {spec!r}: use clip[:MODEL], openclip[:ARCH/PRETRAINED] or world")
