@@ -59,9 +59,9 @@ class ConceptSet:
         if str(path) == "default":
             return cls.default()
         if str(path) == "world":
-            from .world import VOCABULARY
+            from .world import concept_words
 
-            return cls.from_dict(VOCABULARY)
+            return cls.from_dict(concept_words(exclude_polysemous=True))
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"concept file {str(path)!r} not found; give a .toml/.txt path or 'default'")
@@ -144,9 +144,7 @@ def load_prompts(prompts: str | Path | Iterable[str]) -> list[str]:
         ref = resources.files("headlens") / "data" / BUILTIN_PROMPT_SETS[str(prompts)]
         out = _read_prompt_lines(ref.read_text(encoding="utf-8"))
     elif isinstance(prompts, (str, Path)) and str(prompts) == "world":
-        from .world import default_prompts
-
-        out = list(default_prompts())
+        out = world_prompts()
     elif isinstance(prompts, (str, Path)):
         p = Path(prompts)
         if not p.is_file():
@@ -173,3 +171,22 @@ def prompts_fingerprint(prompts: Sequence[str]) -> str:
         h.update(p.encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
+
+
+def world_prompts(n: int = 256, seed: int = 2024) -> list[str]:
+    """Prompts for HRV construction on the bundled world model (its own set, or sampled from its grammar)."""
+    from . import world
+
+    if hasattr(world, "default_prompts"):
+        return list(world.default_prompts())
+    import numpy as np
+
+    from .world.vocab import sample_caption
+
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    while len(out) < n:
+        caption = sample_caption(rng).strip()
+        if caption:
+            out.append(caption)
+    return out
