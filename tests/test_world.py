@@ -1,0 +1,152 @@
+"""Tests of the bundled world: grammar, renderer, tokenizer, scorer, shipped model, training smoke run."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from headlens import world
+from headlens.world import POLYSEMOUS, VOCABULARY, render
+from headlens.world.scorer import scorer_path
+from headlens.world.scorer_train import accuracy, reconstruct, render_set
+from headlens.world.tokenizer import MAX_LENGTH, build_tokenizer, check_tokenizer
+from headlens.world.vocab import all_words, parse_caption, sample_caption
+
+HAS_SCORER = scorer_path().exists()
+HAS_MODEL = (world.model_path() / "model_index.json").exists()
+needs_scorer = pytest.mark.skipif(not HAS_SCORER, reason="scorer weights not trained/shipped yet")
+needs_model = pytest.mark.skipif(not HAS_MODEL, reason="world pipeline not trained/shipped yet (src/headlens/world/model)")
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    """The shipped scorer."""
+    return world.Scorer()
+
+
+def test_vocabulary_shape() -> None:
+    assert {"Color", "Shape", "Size", "Position", "Pattern", "Background"} <= set(VOCABULARY)
+    assert len(VOCABULARY["Color"]) >= 6 and len(VOCABULARY["Shape"]) >= 5
+    for word, senses in POLYSEMOUS.items():
+        assert len(senses) == 2
+        for concept in senses:
+            assert word in VOCABULARY[concept]
+    assert all("orange" not in ws for ws in world.concept_words().values())
+
+
+def test_render_simple_caption() -> None:
+    img, attrs = render("a red circle", seed=3)
+    assert img.size == (32, 32) and img.mode == "RGB"
+    assert attrs["Color"] == "red" and attrs["Shape"] == "circle"
+    assert attrs["Background"] == "gray" and attrs["Pattern"] == "plain"  # defaults
+    assert np.array_equal(np.asarray(img), np.asarray(render("a red circle", seed=3)[0]))
+
+
+def test_render_two_objects_and_polysemy() -> None:
+    _, at = render("a small blue striped square on the left and an orange on a black background", seed=1)
+    a, b = at["objects"]
+    assert (a["Color"], a["Shape"], a["Size"], a["Pattern"], a["Position"]) == ("blue", "square", "small", "striped", "left")
+    assert (b["Shape"], b["Color"], b["Position"]) == ("orange", "orange", "right")
+    assert at["Background"] == "black"
+    assert parse_caption("an orange square").objects[0].color == "orange"
+    assert parse_caption("an orange square").objects[0].shape == "square"
+    assert parse_caption("a large orange").objects[0].shape == "orange"
+
+
+@pytest.mark.parametrize("caption,word", [("a red banana", "banana"), ("a mauve circle", "mauve")])
+def test_unknown_word_error(caption: str, word: str) -> None:
+    with pytest.raises(ValueError) as e:
+        render(caption, seed=0)
+    msg = str(e.value)
+    assert word in msg and "red" in msg and "circle" in msg and "\n" not in msg
+
+
+def test_grammar_errors() -> None:
+    for bad in ("a red", "a circle on the left and a square on the left", "a circle and a square and a cross",
+                "a blue orange"):
+        with pytest.raises(ValueError):
+            parse_caption(bad)
+
+
+def test_sampled_captions_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        cap = sample_caption(rng)
+        assert len(cap.split()) + 2 <= MAX_LENGTH
+        render(cap, seed=0)
+
+
+def test_tokenizer_single_tokens(tmp_path) -> None:
+    from transformers import CLIPTokenizer
+
+    build_tokenizer(tmp_path)
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path))
+    check_tokenizer(tok)
+    ids = tok("a red circle")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id and len(ids) == 5
+    assert len(all_words()) == len({tok.convert_tokens_to_ids(w + "</w>") for w in all_words()})
+
+
+@needs_scorer
+def test_scorer_reads_back_renders(scorer) -> None:
+    arrs, attrs = render_set(150, seed=12345)
+    acc = accuracy(scorer, arrs, attrs)
+    assert min(acc.values()) >= 0.97, acc
+
+
+@needs_scorer
+def test_scorer_empty_image(scorer) -> None:
+    blank = np.zeros((32, 32, 3), dtype=np.uint8) + 80
+    out = scorer.score(blank)
+    assert out["Color"] is None and out["Shape"] is None and out["Background"] == "gray"
+    assert scorer.score_objects(blank) == []
+    _, at = render("a large yellow dotted triangle at the top on a navy background", seed=5)
+    got = scorer.score(render("a large yellow dotted triangle at the top on a navy background", seed=5)[0])
+    assert got == {k: at[k] for k in got}
+
+
+@needs_model
+@needs_scorer
+def test_scorer_on_vae_reconstructions(scorer) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(world.model_path() / "vae")).eval()
+    arrs, attrs = render_set(120, seed=777)
+    acc = accuracy(scorer, reconstruct(vae, arrs), attrs)
+    assert min(acc.values()) >= 0.95, acc
+
+
+@needs_model
+def test_shipped_model_loads_and_generates() -> None:
+    from diffusers import StableDiffusionPipeline
+
+    t0 = time.time()
+    pipe = StableDiffusionPipeline.from_pretrained(str(world.model_path()), local_files_only=True)
+    assert pipe.safety_checker is None
+    heads = {n: m.heads for n, m in pipe.unet.named_modules() if n.endswith("attn2")}
+    assert len(heads) >= 5 and min(heads.values()) >= 8
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a red circle", num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.size == (32, 32)
+    assert time.time() - t0 < 20
+    img2 = world.load_pipeline()("a red circle", num_inference_steps=20,
+                                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(np.asarray(img), np.asarray(img2))
+    total = sum(f.stat().st_size for f in world.model_path().rglob("*") if f.is_file())
+    assert total <= 25 * 2**20
+
+
+def test_training_smoke(tmp_path) -> None:
+    from headlens.world.train import main
+
+    folder = main(["--out", str(tmp_path), "--n-images", "64", "--vae-steps", "2", "--unet-steps", "3",
+                   "--batch", "4", "--minutes", "3"])
+    pipe = world.load_pipeline(folder=folder)
+    img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.size == (32, 32)
+    import json
+
+    info = json.loads((tmp_path / "train_info.json").read_text())
+    assert info["unet_steps_done"] == 3 and "vae step" in (tmp_path / "train.log").read_text()
