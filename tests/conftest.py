@@ -27,3 +27,11 @@ def sdxl_pipe():
     from headlens.testing import tiny_sdxl_pipeline
 
     return tiny_sdxl_pipeline()
+
+
+@pytest.fixture(scope="module")
+def sd2_pipe():
+    """A tiny SD2-style pipeline (linear projections, upcast attention)."""
+    from headlens.testing import tiny_sd_pipeline
+
+    return tiny_sd_pipeline(sd2=True)

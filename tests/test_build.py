@@ -79,7 +79,7 @@ def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", s
     return votes
 
 
-@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sd2_pipe", "sdxl_pipe"])
 @pytest.mark.parametrize("variant,start_token", [("reference", True), ("reference", False), ("all-words", True)])
 def test_votes_equal_slow_computation(pipe_name, variant, start_token, request):
     pipe = request.getfixturevalue(pipe_name)
@@ -127,7 +127,7 @@ def test_same_seed_same_hrv_other_seed_differs(sd_pipe):
     assert not torch.equal(a.votes, c.votes)
 
 
-@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sdxl_pipe"])
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "sd2_pipe", "sdxl_pipe"])
 def test_generation_bit_identical_with_capture(pipe_name, request):
     from headlens.capture import VoteCapture, encode_concept_words
 

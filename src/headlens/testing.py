@@ -50,26 +50,30 @@ def _vae(seed: int = 0):
     ).eval()
 
 
-def tiny_unet(seed: int = 0, cross_attention_dim: int = 32):
-    """SD1-shaped tiny UNet: 7 cross-attention layers (2 down, 1 mid, 4 up), 2 or 4 heads each."""
+def tiny_unet(seed: int = 0, cross_attention_dim: int = 32, sd2: bool = False):
+    """SD1-shaped tiny UNet: 7 cross-attention layers (2 down, 1 mid, 4 up), 2 or 4 heads each.
+
+    ``sd2=True`` gives the SD2.x flavour: linear projections and upcast attention.
+    """
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
+    extra = dict(use_linear_projection=True, upcast_attention=True) if sd2 else {}
     return UNet2DConditionModel(
         sample_size=TINY_IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=cross_attention_dim,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4), **extra,
     ).eval()
 
 
-def tiny_sd_pipeline(seed: int = 0, scheduler: str = "ddim"):
-    """A tiny SD1-style ``StableDiffusionPipeline`` (16×16 images, 22 cross-attention heads)."""
+def tiny_sd_pipeline(seed: int = 0, scheduler: str = "ddim", sd2: bool = False):
+    """A tiny SD1-style ``StableDiffusionPipeline`` (16×16 images, 22 cross-attention heads); ``sd2`` for SD2.x style."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
         vae=_vae(seed), text_encoder=_text_encoder(32, seed=seed), tokenizer=clip_tokenizer(),
-        unet=tiny_unet(seed), scheduler=_scheduler(scheduler), safety_checker=None,
+        unet=tiny_unet(seed, sd2=sd2), scheduler=_scheduler(scheduler), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
