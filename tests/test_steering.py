@@ -211,8 +211,8 @@ def test_prompt_embeds_need_a_prompt_and_then_match_text_prompts(pipe, hrv):
         s.adjust("lavender", toward="Color", away="Plants")
         from_text = generate(pipe, prompt)
     cond, uncond = pipe.encode_prompt(prompt, "cpu", 1, True)
-    kw = dict(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=STEPS,
-              generator=torch.Generator().manual_seed(1), output_type="np")
+    kw = {"prompt_embeds": cond, "negative_prompt_embeds": uncond, "num_inference_steps": STEPS,
+              "generator": torch.Generator().manual_seed(1), "output_type": "np"}
     with steer(pipe, hrv) as s:
         s.adjust("lavender", toward="Color", away="Plants")
         with pytest.raises(ValueError, match="s.prompt"):
@@ -240,30 +240,27 @@ def test_processors_and_hooks_restored_after_exception(pipe, hrv):
     def boom(*a, **k):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with steer(pipe, hrv) as s:
-            s.adjust("red", toward="Color", away="Plants")
-            pipe("a red car", num_inference_steps=3, callback_on_step_end=boom, output_type="np")
+    with pytest.raises(RuntimeError, match="boom"), steer(pipe, hrv) as s:
+        s.adjust("red", toward="Color", away="Plants")
+        pipe("a red car", num_inference_steps=3, callback_on_step_end=boom, output_type="np")
     after = pipe.unet.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
     assert not pipe.text_encoder._forward_pre_hooks and not pipe.unet._forward_pre_hooks
 
 
 def test_word_errors(pipe, hrv):
-    with steer(pipe, hrv, prompt="a red car") as s:
-        with pytest.raises(WordNotFoundError, match="'blue' is not in the prompt"):
-            s.adjust("blue", toward="Color", away="Plants")
-    with pytest.raises(WordNotFoundError, match="'blue' is not in the prompt 'a red car'"):
-        with steer(pipe, hrv) as s:
-            s.strengthen("blue", "Color")
-            generate(pipe, "a red car", num_inference_steps=1)
+    s = steer(pipe, hrv, prompt="a red car")
+    with pytest.raises(WordNotFoundError, match="'blue' is not in the prompt"):
+        s.adjust("blue", toward="Color", away="Plants")  # a fixed prompt: the error comes at once
+    with pytest.raises(WordNotFoundError, match="'blue' is not in the prompt 'a red car'"), steer(pipe, hrv) as s:
+        s.strengthen("blue", "Color")
+        generate(pipe, "a red car", num_inference_steps=1)
     assert not pipe.text_encoder._forward_pre_hooks
 
 
 def test_input_errors(pipe, heads, hrv):
-    with pytest.raises(KeyError, match="have: Color, Plants, Shape"):
-        with steer(pipe, hrv) as s:
-            s.strengthen("red", "Colour")
+    with pytest.raises(KeyError, match="have: Color, Plants, Shape"), steer(pipe, hrv) as s:
+        s.strengthen("red", "Colour")
     with pytest.raises(ValueError, match="needs Head Relevance Vectors"):
         steer(pipe).strengthen("red", "Color")
     for bad in [(-0.1, 1.0), (0.5, 0.5), (0.0, 1.5), (0.7, 0.2), "all"]:

@@ -38,7 +38,7 @@ class NegativeCells(Plugin):
 def test_sdxl_noop_and_word_positions():
     pipe = tiny_sdxl_pipeline()
     heads = HeadIndex.from_unet(pipe.unet)
-    kw = dict(num_inference_steps=2, output_type="np", height=16, width=16)
+    kw = {"num_inference_steps": 2, "output_type": "np", "height": 16, "width": 16}
     plain = pipe("a red car", generator=torch.Generator().manual_seed(0), **kw).images
     ones = HRV.from_matrix(torch.ones(2, len(heads)), heads, ["Color", "Plants"])
     with steer(pipe, ones) as s:
