@@ -21,10 +21,20 @@ from .common import (
 )
 from .head_effects import HeadEffectsResult, estimate_cost, head_effects
 from .stats import bootstrap_ci, mean_ci, normalised_area, spearman
-from .weakening import Area, Curve, WeakeningResult, default_ks, head_order, ordered_weakening
+from .weakening import (
+    Area,
+    Condition,
+    Curve,
+    WeakeningResult,
+    default_ks,
+    head_order,
+    ordered_weakening,
+    plan_conditions,
+)
 
 __all__ = [
     "Area",
+    "Condition",
     "Curve",
     "GenerationSettings",
     "HeadEffectsResult",
@@ -41,6 +51,7 @@ __all__ = [
     "mean_ci",
     "normalised_area",
     "ordered_weakening",
+    "plan_conditions",
     "prompt_targets",
     "spearman",
     "template_family",

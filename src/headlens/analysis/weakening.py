@@ -117,7 +117,9 @@ class WeakeningResult:
 
 
 @dataclass(frozen=True)
-class _Condition:
+class Condition:
+    """One curve point: token set, head order, random draw, k and the heads weakened."""
+
     tokens: str
     order: str
     draw: int
@@ -126,7 +128,21 @@ class _Condition:
 
     @property
     def key(self):
+        """Generation key: conditions with equal keys share their images (k = 0 shared by all)."""
         return () if self.k == 0 else (frozenset(self.heads), self.tokens)
+
+
+def plan_conditions(hrv, concept: str, ks: Sequence[int], tokens: Sequence[str] = ("words",),
+                    random_draws: int = 3, random_seed: int = 0) -> list[Condition]:
+    """Every (token set, order, draw, k) of a run with the heads it weakens (top-k / bottom-k / random k)."""
+    orders = ["morhf", "lerhf"] + (["random"] if random_draws else [])
+    out = []
+    for tok in tokens:
+        for order in orders:
+            for draw in range(random_draws if order == "random" else 1):
+                ranked = head_order(hrv, concept, order, draw, random_seed)
+                out.extend(Condition(tok, order, draw, int(k), tuple(ranked[:k])) for k in ks)
+    return out
 
 
 def ordered_weakening(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int] = DEFAULT_SEEDS,
@@ -171,12 +187,7 @@ def ordered_weakening(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int
     items = make_items(pairs, seeds, max_prompts)
     orders = ["morhf", "lerhf"] + (["random"] if random_draws else [])
 
-    conditions = []
-    for tok in token_sets:
-        for order in orders:
-            for draw in range(random_draws if order == "random" else 1):
-                ranked = head_order(hrv, concept, order, draw, random_seed)
-                conditions.extend(_Condition(tok, order, draw, k, tuple(ranked[:k])) for k in ks)
+    conditions = plan_conditions(hrv, concept, ks, token_sets, random_draws, random_seed)
     jobs: dict = {}
     for c in conditions:
         jobs.setdefault(c.key, []).append(c)
@@ -342,5 +353,5 @@ class CsvLogWriter(CsvLog):
         self.close()
 
 
-__all__ = ["ORDERS", "TOKEN_SETS", "Area", "Curve", "WeakeningResult", "default_ks", "head_order",
-           "ordered_weakening"]
+__all__ = ["ORDERS", "TOKEN_SETS", "Area", "Condition", "Curve", "WeakeningResult", "default_ks", "head_order",
+           "ordered_weakening", "plan_conditions"]
