@@ -47,7 +47,7 @@ def gaussian_kernel(kernel_size: int, sigma: float, device=None, dtype=torch.flo
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
     half = (kernel_size - 1) / 2
-    x = torch.linspace(-half, half, kernel_size, device=device, dtype=torch.float32)
+    x = torch.linspace(-half, half, kernel_size, device=device, dtype=torch.float64)
     k1 = torch.exp(-0.5 * (x / float(sigma)) ** 2)
     k1 = k1 / k1.sum()
     return torch.outer(k1, k1).to(dtype)
