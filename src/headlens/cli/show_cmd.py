@@ -1,0 +1,172 @@
+"""`headlens show`, `headlens maps` and `headlens report`: see HRVs and per-head attention maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import UserError, echo, load_model, stdout
+
+MPL_ENV = "MPLBACKEND"
+DEFAULT_MAPS_OUT = Path("headlens-maps")
+
+
+def _agg() -> None:
+    """Draw without a display (figures are built without pyplot; this keeps any stray import headless)."""
+    import os
+
+    os.environ.setdefault(MPL_ENV, "Agg")
+
+
+def _load_hrv(hrv_dir: Path):
+    from headlens.hrv import HRV
+
+    if not hrv_dir.exists():
+        raise UserError(f"HRV folder {str(hrv_dir)!r} does not exist; create one with `headlens build --out {hrv_dir}`")
+    if not hrv_dir.is_dir():
+        raise UserError(f"{str(hrv_dir)!r} is a file, not an HRV folder (give the folder `headlens build` wrote)")
+    return HRV.load(hrv_dir)
+
+
+def _concepts(hrv, spec: str | None) -> list[str] | None:
+    if not spec:
+        return None
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    return [hrv.concepts[hrv.concept_index(c)] for c in names]  # KeyError names the bad one
+
+
+def _latent(spec: str | None):
+    if spec is None:
+        return None
+    try:
+        parts = [int(x) for x in spec.lower().replace("x", ",").replace("×", ",").split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bad --latent-size {spec!r}: use e.g. 64 or 64x48") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise UserError(f"bad --latent-size {spec!r}: use e.g. 64 or 64x48")
+    return tuple(parts)
+
+
+@app.command("show")
+def show_command(
+    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build`.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the pictures (default: HRV_DIR/plots).")] = None,
+    concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts to draw (default: all)."),
+    k: int = typer.Option(10, "--k", "-k", help="Heads per concept in the top-heads table."),
+    latent_size: str = typer.Option(None, "--latent-size", help="Latent size for resolution labels, e.g. 64 or 64x48 (default: from the HRV metadata, else relative like '/2')."),
+    similarity: str = typer.Option("pearson", "--similarity", help="Concept similarity: pearson (centred) or cosine."),
+    no_cluster: bool = typer.Option(False, "--no-cluster", help="Keep concept order in the similarity map (no average-linkage ordering)."),
+) -> None:
+    """Draw an HRV: heatmap, per-concept bars, top-heads table, timesteps, concept similarity (PNG + CSV/Markdown)."""
+    _agg()
+    from headlens import plots
+
+    hrv = _load_hrv(hrv_dir)
+    names = _concepts(hrv, concepts)
+    if k < 1:
+        raise UserError(f"--k must be ≥ 1 (got {k})")
+    if similarity not in ("pearson", "cosine"):
+        raise UserError(f"unknown --similarity {similarity!r}: use pearson or cosine")
+    out = out or hrv_dir / "plots"
+    echo(f"drawing {hrv!r} → {out}")
+    files = plots.save_all(hrv, out, concepts=names, k=k, latent_size=_latent(latent_size), similarity=similarity,
+                           cluster=not no_cluster)
+    for kind, paths in files.items():
+        shown = ", ".join(str(p.relative_to(out)) for p in paths[:3]) + (f", … ({len(paths)} files)" if len(paths) > 3 else "")
+        stdout(f"{kind}: {shown}")
+    echo(f"wrote {sum(len(v) for v in files.values())} files to {out}")
+
+
+@app.command("maps")
+def maps_command(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt to generate."),
+    word: str = typer.Option(..., "--word", "-w", help="Word of the prompt whose attention maps to draw (e.g. apple, 'oak tree')."),
+    concept: str = typer.Option(None, "--concept", "-c", help="Draw this concept's top-k heads by HRV (needs --hrv)."),
+    hrv_dir: Annotated[Path | None, typer.Option("--hrv", help="HRV folder for --concept (must match the model's heads).")] = None,
+    k: int = typer.Option(6, "--k", "-k", help="Number of heads to draw."),
+    heads: str = typer.Option(None, "--heads", help="Comma-separated heads to draw instead (index, short name like down1.h3, or full name)."),
+    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random tiny model."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Seed of the generation."),
+    steps: int = typer.Option(20, "--steps", "-n", help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
+    occurrence: int = typer.Option(None, "--occurrence", help="Use only the n-th occurrence of the word (0-based; default: all)."),
+    map_size: str = typer.Option("auto", "--map-size", help="Accumulate maps at 'image', 'latent', 'auto' (image unless > 1 GiB) or N pixels."),
+    save_maps: bool = typer.Option(False, "--save-maps", help="Also write the raw maps [heads, h, w] as maps.safetensors."),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: image.png, maps.png, run.json.")] = DEFAULT_MAPS_OUT,
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+) -> None:
+    """Per-head attention maps of a word (DAAM-style): the chosen heads' maps over the generated image."""
+    _agg()
+    from headlens import plots
+    from headlens.maps import head_maps, plot_head_maps
+    from headlens.tokens import TokenMap
+
+    if k < 1:
+        raise UserError(f"--k must be ≥ 1 (got {k})")
+    if steps < 1:
+        raise UserError(f"--steps must be ≥ 1 (got {steps})")
+    hrv = None
+    if concept is not None and hrv_dir is None:
+        raise UserError("--concept needs --hrv HRV_DIR (an HRV built for this model) to rank the heads")
+    if hrv_dir is not None:
+        hrv = _load_hrv(hrv_dir)
+        if concept is not None:
+            concept = hrv.concepts[hrv.concept_index(concept)]
+    ms = map_size if map_size in ("auto", "image", "latent") else _int(map_size, "--map-size")
+    pipe = load_model(model, device, dtype)
+    TokenMap.from_tokenizer(pipe.tokenizer, prompt).find(word, pipe.tokenizer, occurrence)  # fail before generating
+    if hrv is not None:
+        hrv.check_layout(pipe)
+    head_list = [h.strip() for h in heads.split(",") if h.strip()] if heads else None
+    echo(f"generating {prompt!r} (seed {seed}, {steps} steps) and mapping {word!r} at every head")
+    result = head_maps(pipe, prompt, word, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
+                       height=size, width=size, occurrence=occurrence, map_size=ms)
+    fig = plot_head_maps(result, hrv=hrv, concept=concept, k=k, heads=head_list)
+    result.metadata["model_arg"] = model
+    if concept:
+        result.metadata["concept"] = concept
+        result.metadata["hrv"] = str(hrv_dir)
+    result.save(out, tensors=save_maps)
+    plots.save_figure(fig, out / "maps.png")
+    echo(f"wrote image.png, maps.png, run.json{', maps.safetensors' if save_maps else ''} to {out}")
+    stdout(str(out / "maps.png"))
+
+
+def _int(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"bad {flag} {value!r}: use auto, image, latent or a number of pixels") from None
+
+
+@app.command("report")
+def report_command(
+    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build` (analyses saved inside it are included).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write (default: HRV_DIR/report.html).")] = None,
+    include: Annotated[list[Path] | None, typer.Option("--include", "-i", help="Extra folder of analysis outputs to include (repeatable).")] = None,
+    concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts (default: all)."),
+    k: int = typer.Option(10, "--k", "-k", help="Heads per concept in the top-heads table."),
+    regenerate: bool = typer.Option(False, "--regenerate", help="Redraw `headlens show`'s pictures even if HRV_DIR/plots exists."),
+    latent_size: str = typer.Option(None, "--latent-size", help="Latent size for resolution labels, e.g. 64 (default: from metadata)."),
+) -> None:
+    """One self-contained HTML page (pictures embedded, no external resources) about an HRV and its analyses."""
+    _agg()
+    from headlens.report import build_report
+
+    hrv = _load_hrv(hrv_dir)
+    if k < 1:
+        raise UserError(f"--k must be ≥ 1 (got {k})")
+    for d in include or []:
+        if not d.is_dir():
+            raise UserError(f"--include folder {str(d)!r} does not exist")
+    path = build_report(hrv_dir, out, k=k, regenerate=regenerate, include=include or [],
+                        concepts=_concepts(hrv, concepts), latent_size=_latent(latent_size))
+    echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, self-contained)")
+    stdout(str(path))
