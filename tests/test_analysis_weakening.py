@@ -35,14 +35,6 @@ from headlens.testing import tiny_sd_pipeline
 SETTINGS = GenerationSettings(num_inference_steps=2, batch_size=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_sd_pipeline()

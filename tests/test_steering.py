@@ -16,14 +16,6 @@ from headlens.tokens import TokenMap, WordNotFoundError
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return tiny_sd_pipeline()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from headlens import HRV, HeadIndex
@@ -11,14 +10,6 @@ from headlens.attention import Plugin
 from headlens.steering import steer
 from headlens.testing import tiny_sdxl_pipeline
 from headlens.tokens import TokenMap
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class NegativeCells(Plugin):

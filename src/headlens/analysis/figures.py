@@ -24,11 +24,11 @@ def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] = (), col_lab
     font = _font(max(10, cell // 10))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
-    def width(text: str) -> int:
-        box = probe.textbbox((0, 0), text, font=font)
-        return box[2] - box[0]
+    def extent(text: str) -> tuple[int, int]:
+        box = probe.multiline_textbbox((0, 0), text, font=font)
+        return box[2] - box[0], box[3] - box[1]
 
-    left = (max((width(t) for t in row_labels), default=0) + 12) if row_labels else 0
+    left = (max((extent(str(t))[0] for t in row_labels), default=0) + 12) if row_labels else 0
     line = font.size + 6 if hasattr(font, "size") else 16
     top = (line if col_labels else 0) + (line if title else 0)
     canvas = Image.new("RGB", (left + n_cols * cell + 2, top + n_rows * cell + 2), "white")
@@ -39,7 +39,8 @@ def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] = (), col_lab
         draw.text((left + j * cell + 4, top - line + 2), str(label), fill="black", font=font)
     for i, row in enumerate(rows):
         if i < len(row_labels):
-            draw.text((4, top + i * cell + cell // 2 - line // 2), str(row_labels[i]), fill="black", font=font)
+            h = extent(str(row_labels[i]))[1]
+            draw.multiline_text((4, top + i * cell + (cell - h) // 2), str(row_labels[i]), fill="black", font=font)
         for j in range(n_cols):
             im = row[j] if j < len(row) else None
             x, y = left + j * cell + 1, top + i * cell + 1
