@@ -1,0 +1,276 @@
+"""`headlens edit` (Prompt-to-Prompt vs P2P-HRV) and `headlens excite` (SD vs A&E vs A&E-HRV)."""
+# ruff: noqa: B008  (typer declares options as argument defaults)
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import UserError, echo, load_model, parse_seeds
+
+MIN_TILE = 128
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe short form of a prompt."""
+    s = re.sub(r"[^a-zA-Z0-9]+", "-", text.strip().lower()).strip("-")
+    return s[:limit].rstrip("-") or "prompt"
+
+
+def grid(rows: list[list], columns: list[str], row_labels: list[str], title: str = ""):
+    """Labelled image grid: one row per seed, one column per method (tiles upscaled to >= 128 px)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    w0, h0 = rows[0][0].size
+    scale = max(1, -(-MIN_TILE // max(1, min(w0, h0))))
+    tw, th = w0 * scale, h0 * scale
+    left, top = 70, 22 + (18 if title else 0)
+    canvas = Image.new("RGB", (left + tw * len(columns), top + th * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    for j, name in enumerate(columns):
+        draw.text((left + j * tw + 4, top - 16), name, fill="black", font=font)
+    for i, (label, images) in enumerate(zip(row_labels, rows)):
+        draw.text((4, top + i * th + th // 2 - 6), label, fill="black", font=font)
+        for j, image in enumerate(images):
+            canvas.paste(image.convert("RGB").resize((tw, th), Image.NEAREST), (left + j * tw, top + i * th))
+    return canvas
+
+
+def make_scorer(spec: str | None, device: str):
+    """None, the world model's ground-truth reader ('world'), or a CLIP model by hub id / folder."""
+    if spec in (None, "", "none"):
+        return None
+    if spec == "world":
+        from headlens import world
+
+        return world.Scorer()
+    from headlens.evaluation import CLIPScorer
+
+    return CLIPScorer.from_pretrained(spec, device=device)
+
+
+def load_hrv(path: Path | None, pipe):
+    """An HRV folder checked against the model, or None."""
+    if path is None:
+        return None
+    from headlens import HRV
+
+    return HRV.load(path, model=pipe)
+
+
+def write_scores(path: Path, rows: list[dict]) -> None:
+    """Write score rows as CSV (union of the keys, in first-seen order)."""
+    if not rows:
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (size < 8 or size % 8):
+        raise UserError(f"--size must be a positive multiple of 8 (got {size})")
+
+
+# ---------------------------------------------------------------------------------------------- edit
+@app.command("edit")
+def edit_command(
+    source: str = typer.Option(None, "--source", help="Source prompt, e.g. 'a bowl made of wood'."),
+    target: str = typer.Option(None, "--target", help="Target prompt: the source with the attribute word replaced."),
+    concept: str = typer.Option(None, "--concept", "-c", help="Concept of the edited attribute (its HRV strengthens the edited word), e.g. Material."),
+    word: str = typer.Option(None, "--word", help="The edited word of the target (default: the word that differs)."),
+    benchmark: str = typer.Option(None, "--benchmark", help="Run the shipped edit list of a concept instead: Color, Material, 'Geometric patterns', 'Image style', 'Weather conditions'."),
+    limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N edits."),
+    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`); adds the P2P-HRV column."),
+    seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
+    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per edit)."),
+    steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps (reference: 50)."),
+    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    edit: str = typer.Option("replace", "--edit", help="replace (same token count) or refine (different wording)."),
+    cross_replace: float = typer.Option(0.8, "--cross-replace", help="Plain P2P: fraction of steps with cross-attention replaced (reference 0.8)."),
+    self_replace: float = typer.Option(0.4, "--self-replace", help="Plain P2P: fraction of steps with self-attention replaced (reference 0.4)."),
+    hrv_cross_replace: float = typer.Option(0.8, "--hrv-cross-replace", help="P2P-HRV: cross-attention window (reference 0.8)."),
+    hrv_self_replace: float = typer.Option(0.9, "--hrv-self-replace", help="P2P-HRV: self-attention window (reference 0.9)."),
+    local_blend: list[str] = typer.Option(None, "--local-blend", help="Words whose region may change (repeatable); the rest stays as in the source."),
+    scorer: str = typer.Option(None, "--scorer", help="Score the images: a CLIP hub id/folder, or 'world' (the bundled ground-truth reader); writes scores.csv."),
+    size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+) -> None:
+    """Prompt-to-Prompt edits: writes source | P2P | P2P-HRV images and a labelled grid per edit."""
+    from headlens.edit import EditCase, load_edits, p2p
+    from headlens.evaluation import ImageDistance, edit_scores
+
+    seed_list = parse_seeds(seeds)
+    _check_size(size)
+    if benchmark is not None:
+        if source or target:
+            raise UserError("give either --source/--target or --benchmark, not both")
+        cases = load_edits(benchmark)
+        if limit is not None:
+            if limit < 1:
+                raise UserError(f"--limit must be ≥ 1 (got {limit})")
+            cases = cases[:limit]
+    else:
+        if not source or not target:
+            raise UserError("give --source and --target prompts (or --benchmark CONCEPT)")
+        cases = [EditCase(source, target, word or "", concept or "")]
+    if edit not in ("replace", "refine"):
+        raise UserError(f"unknown --edit {edit!r}: use replace or refine")
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_model(model, device, dtype)
+    hrv_obj = load_hrv(hrv, pipe)
+    if hrv_obj is not None:
+        for case in cases:
+            if not case.concept:
+                raise UserError("--hrv needs --concept (the edited attribute's concept, e.g. Material)")
+            hrv_obj.concept_index(case.concept)
+    score = make_scorer(scorer, device)
+    distance = ImageDistance() if score is not None else None
+    columns = ["Source", "P2P"] + (["P2P-HRV"] if hrv_obj is not None else [])
+    settings = {"model": model, "seeds": seed_list, "steps": steps, "guidance": guidance, "edit": edit,
+                "p2p": {"cross_replace": cross_replace, "self_replace": self_replace},
+                "p2p_hrv": {"cross_replace": hrv_cross_replace, "self_replace": hrv_self_replace},
+                "hrv": str(hrv) if hrv else None, "local_blend": list(local_blend or []), "size": size}
+    (out / "run.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    rows = []
+    common = {"num_inference_steps": steps, "guidance_scale": guidance, "edit": edit, "height": size, "width": size,
+              "local_blend": list(local_blend) if local_blend else None}
+    for n, case in enumerate(cases):
+        folder = out / f"{n:02d}-{slug(case.target)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        echo(f"[{n + 1}/{len(cases)}] {case.source!r} → {case.target!r}")
+        word_arg = case.word or None
+        grid_rows = []
+        for s in seed_list:
+            src, plain = p2p(pipe, case.source, case.target, cross_replace=cross_replace, self_replace=self_replace,
+                             seed=s, **common)
+            images = {"source": src, "p2p": plain}
+            if hrv_obj is not None:
+                _, images["p2p-hrv"] = p2p(pipe, case.source, case.target, cross_replace=hrv_cross_replace,
+                                           self_replace=hrv_self_replace, hrv=hrv_obj, concept=case.concept,
+                                           word=word_arg, seed=s, **common)
+            for name, image in images.items():
+                image.save(folder / f"seed{s}_{name}.png")
+            grid_rows.append(list(images.values()))
+            if score is not None:
+                attr_word = case.word or _differing_word(case.source, case.target)
+                for name in [k for k in images if k != "source"]:
+                    r = edit_scores(src, images[name], case.target, attr_word, score,
+                                    concept=case.concept or None, distance=distance)
+                    rows.append({"source": case.source, "target": case.target, "word": attr_word,
+                                 "concept": case.concept, "seed": s, "method": name, **r})
+        grid(grid_rows, columns, [f"seed {s}" for s in seed_list], f"{case.source} → {case.target}").save(
+            folder / "grid.png")
+        (folder / "case.json").write_text(json.dumps(case.__dict__, indent=2), encoding="utf-8")
+    if rows:
+        write_scores(out / "scores.csv", rows)
+    echo(f"wrote {len(cases)} edit(s) × {len(seed_list)} seed(s) to {out}")
+
+
+def _differing_word(source: str, target: str) -> str:
+    a, b = source.split(), target.split()
+    diff = [y for x, y in zip(a, b) if x != y] if len(a) == len(b) else [w for w in b if w not in a]
+    return " ".join(diff) or target
+
+
+# ---------------------------------------------------------------------------------------------- excite
+@app.command("excite")
+def excite_command(
+    prompt: str = typer.Argument(None, help="Prompt with several subjects, e.g. 'a cat and a dog'."),
+    token: list[str] = typer.Option(None, "--token", "-t", help="Subject word and its concept, WORD:CONCEPT (repeatable), e.g. cat:Animals."),
+    benchmark: str = typer.Option(None, "--benchmark", help="Run a shipped prompt group instead: animal-animal, animal-object, object-object, color-object."),
+    limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N prompts."),
+    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`); adds the A&E-HRV column."),
+    seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
+    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per prompt)."),
+    steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps (reference: 50)."),
+    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    max_iter: int = typer.Option(25, "--max-iter", help="Steps with a latent update (reference max_iter_to_alter 25)."),
+    resolution: int = typer.Option(None, "--resolution", help="A&E map resolution (default: the layers closest to latent/4, 16 for SD at 512 px)."),
+    hrv_resolution: int = typer.Option(None, "--hrv-resolution", help="A&E-HRV map resolution, all layers resized (default latent/8, 8 for SD at 512 px)."),
+    scorer: str = typer.Option(None, "--scorer", help="Score the images: a CLIP hub id/folder, or 'world'; writes scores.csv."),
+    size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+) -> None:
+    """Attend-and-Excite: writes SD | A&E | A&E-HRV images and a labelled grid per prompt."""
+    from headlens.evaluation import multi_concept_scores
+    from headlens.excite import MultiConceptCase, excite, load_multi_concept, parse_tokens
+
+    seed_list = parse_seeds(seeds)
+    _check_size(size)
+    if benchmark is not None:
+        if prompt or token:
+            raise UserError("give either a prompt with --token or --benchmark, not both")
+        cases = load_multi_concept(benchmark)
+        if limit is not None:
+            if limit < 1:
+                raise UserError(f"--limit must be ≥ 1 (got {limit})")
+            cases = cases[:limit]
+    else:
+        if not prompt or not token:
+            raise UserError("give a prompt and its subjects with --token WORD:CONCEPT (or --benchmark GROUP)")
+        cases = [MultiConceptCase("custom", prompt, tuple(parse_tokens(token)))]
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_model(model, device, dtype)
+    hrv_obj = load_hrv(hrv, pipe)
+    if hrv_obj is not None:
+        for case in cases:
+            for w, c in case.tokens:
+                if not c:
+                    raise UserError(f"token {w!r} has no concept; A&E-HRV needs WORD:CONCEPT, e.g. {w}:Animals")
+                hrv_obj.concept_index(c)
+    score = make_scorer(scorer, device)
+    columns = ["SD", "A&E"] + (["A&E-HRV"] if hrv_obj is not None else [])
+    settings = {"model": model, "seeds": seed_list, "steps": steps, "guidance": guidance, "max_iter": max_iter,
+                "resolution": resolution, "hrv_resolution": hrv_resolution, "hrv": str(hrv) if hrv else None,
+                "size": size}
+    (out / "run.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+    rows = []
+    common = {"num_inference_steps": steps, "guidance_scale": guidance, "max_iter_to_alter": max_iter,
+              "height": size, "width": size}
+    for n, case in enumerate(cases):
+        folder = out / f"{n:02d}-{slug(case.prompt)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        echo(f"[{n + 1}/{len(cases)}] {case.prompt!r}: {', '.join(w + (':' + c if c else '') for w, c in case.tokens)}")
+        tokens = list(case.tokens)
+        grid_rows = []
+        for s in seed_list:
+            images = {
+                "sd": excite(pipe, case.prompt, tokens, seed=s, optimize=False, **common),
+                "ae": excite(pipe, case.prompt, tokens, seed=s, resolution=resolution, **common),
+            }
+            if hrv_obj is not None:
+                images["ae-hrv"] = excite(pipe, case.prompt, tokens, hrv=hrv_obj, seed=s, resolution=hrv_resolution,
+                                          **common)
+            for name, image in images.items():
+                image.save(folder / f"seed{s}_{name}.png")
+            grid_rows.append(list(images.values()))
+            if score is not None:
+                for name, image in images.items():
+                    r = multi_concept_scores(image, case.prompt, tokens, score)
+                    rows.append({"group": case.group, "prompt": case.prompt, "seed": s, "method": name, **r})
+        grid(grid_rows, columns, [f"seed {s}" for s in seed_list], case.prompt).save(folder / "grid.png")
+        (folder / "case.json").write_text(json.dumps({"group": case.group, "prompt": case.prompt,
+                                                      "tokens": [list(t) for t in case.tokens]}, indent=2),
+                                          encoding="utf-8")
+    if rows:
+        write_scores(out / "scores.csv", rows)
+    echo(f"wrote {len(cases)} prompt(s) × {len(seed_list)} seed(s) to {out}")
