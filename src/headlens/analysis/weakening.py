@@ -47,6 +47,14 @@ def default_ks(num_heads: int, step: int = 10) -> list[int]:
     return ks + [num_heads] if ks[-1] != num_heads else ks
 
 
+def check_ks(ks: Sequence[int] | None, num_heads: int) -> list[int]:
+    """Sorted distinct k values in 0..H (None: :func:`default_ks`)."""
+    out = sorted({int(k) for k in (ks if ks is not None else default_ks(num_heads))})
+    if not out or out[0] < 0 or out[-1] > num_heads:
+        raise ValueError(f"k values must lie in 0..{num_heads} (this model has {num_heads} heads), got {out}")
+    return out
+
+
 def head_order(hrv, concept: str, order: str, draw: int = 0, seed: int = 0) -> list[int]:
     """Heads in weakening order: ``morhf`` most relevant first, ``lerhf`` least first, ``random`` a seeded permutation."""
     if order == "morhf":
@@ -174,9 +182,7 @@ def ordered_weakening(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int
     for t in token_sets:
         check_tokens(t)
     H = hrv.num_heads
-    ks = sorted({int(k) for k in (ks if ks is not None else default_ks(H))})
-    if not ks or ks[0] < 0 or ks[-1] > H:
-        raise ValueError(f"k values must lie in 0..{H} (this model has {H} heads), got {ks}")
+    ks = check_ks(ks, H)
     if random_draws < 0:
         raise ValueError(f"random_draws={random_draws} must be 0 or more")
     if scorer is None:

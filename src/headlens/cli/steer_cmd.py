@@ -285,7 +285,9 @@ def weaken_command(
     prompt_arg = _prompts_arg(prompts, model)
     pipe = load_model(model, device, dtype)
     hrv = _load_hrv(hrv_dir, pipe)
-    k_list = parse_ks(ks, hrv.num_heads)
+    from headlens.analysis.weakening import check_ks
+
+    k_list = check_ks(parse_ks(ks, hrv.num_heads), hrv.num_heads)
     score = _scorer(scorer, model, hrv.concepts[hrv.concept_index(concept)], device)
     r = ordered_weakening(pipe, hrv, concept, prompt_arg, seed_list, k_list, score, out, factor=factor,
                           tokens=token_sets, random_draws=random_draws, settings=settings, max_prompts=max_prompts,
