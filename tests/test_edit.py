@@ -278,3 +278,20 @@ def test_benchmark_edits_load():
     assert load_edits("geometric-patterns")
     with pytest.raises(ValueError, match="have:"):
         load_edits("Smell")
+
+
+def test_without_guidance_and_with_pndm():
+    from headlens.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(scheduler="pndm")
+    src, same = run(pipe, SRC, SRC, guidance_scale=1.0)
+    assert torch.equal(src, same)  # no CFG: the batch is [source, edited] itself
+    rec = Recorder()
+    run(pipe, cross_replace=1.0, self_replace=0.5, plugins=[rec])  # PNDM: N + 1 UNet evaluations
+    cross = {}
+    for s, c, _, p in rec.calls:
+        if c:
+            cross[s] = cross.get(s, True) and torch.equal(p[0], p[1])
+    selfs = [(s, torch.equal(p[0], p[1])) for s, c, _, p in rec.calls if not c]
+    assert sorted(cross) == list(range(STEPS + 1)) and all(cross.values())
+    assert all(same == (s < STEPS // 2) for s, same in selfs)
