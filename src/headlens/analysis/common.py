@@ -290,7 +290,8 @@ def prepare_out(out: str | Path, settings: dict, resume: bool, results_file: str
         raise NotADirectoryError(f"{d} exists and is not a folder; give a folder for the results")
     d.mkdir(parents=True, exist_ok=True)
     meta = d / "settings.json"
-    has_results = (d / results_file).exists()
+    results = d / results_file
+    has_results = results.exists() and len(results.read_text(encoding="utf-8").splitlines()) > 1  # beyond the header
     if has_results and not resume:
         raise FileExistsError(f"{d} already holds results ({results_file}); resume with resume=True (--resume) "
                               "or choose another output folder")
