@@ -189,6 +189,29 @@ def test_ordered_weakening_input_errors(pipe, hrv, tmp_path):
         ordered_weakening(pipe, None, "Color", ["a red car"], [1], [0], SCORER, progress=False)
 
 
+# ---------------------------------------------------------------------------- polysemous words
+def test_polysemous_benchmark_words_are_found_in_their_prompts(pipe):
+    from headlens.analysis.polysemous import load_cases, world_cases
+    from headlens.tokens import TokenMap
+
+    cases = load_cases()
+    assert len(cases) >= 10
+    for c in cases + world_cases():
+        assert TokenMap.from_tokenizer(pipe.tokenizer, c.prompt).find(c.word, pipe.tokenizer), c
+
+
+def test_polysemous_compare(pipe, hrv):
+    from headlens.analysis.polysemous import compare
+
+    plain, steered = compare(pipe, hrv, "a red car", [1, 2], strengthen=[("red", "Plants")], settings=SETTINGS)
+    assert len(plain) == len(steered) == 2
+    assert all(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, steered))
+    with pytest.raises(ValueError, match="nothing to compare"):
+        compare(pipe, hrv, "a red car", [1])
+    with pytest.raises(ValueError, match="'blue' is not in the prompt"):
+        compare(pipe, hrv, "a red car", [1], adjust=[("blue", "Color", "Plants")])
+
+
 # ---------------------------------------------------------------------------- causal ranking
 def test_head_effects_against_direct_generation(pipe, hrv, tmp_path):
     prompts, seeds, chosen = ["a red car", "a green cup"], [5], [0, 7, 13, 21]

@@ -115,7 +115,7 @@ def column_multiplier(head_factors: torch.Tensor, token_mask: torch.Tensor) -> t
 
 
 # ---------------------------------------------------------------------------- interventions
-@dataclass
+@dataclass(eq=False)
 class Intervention:
     """Columns ``words`` (token set ``tokens``) × ``head_factors[h]`` at every head, for steps in ``steps``."""
 
