@@ -410,6 +410,8 @@ def _per_timestep(hrv: HRV) -> np.ndarray:
 
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with vector ``b`` (0 where a row is constant)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean()
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b)

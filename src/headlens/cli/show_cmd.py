@@ -72,9 +72,10 @@ def show_command(
         raise UserError(f"--k must be ≥ 1 (got {k})")
     if similarity not in ("pearson", "cosine"):
         raise UserError(f"unknown --similarity {similarity!r}: use pearson or cosine")
+    latent = _latent(latent_size)
     out = out or hrv_dir / "plots"
-    echo(f"drawing {hrv!r} → {out}")
-    files = plots.save_all(hrv, out, concepts=names, k=k, latent_size=_latent(latent_size), similarity=similarity,
+    echo(f"drawing {len(names or hrv.concepts)} concepts × {len(hrv.heads)} heads → {out}")
+    files = plots.save_all(hrv, out, concepts=names, k=k, latent_size=latent, similarity=similarity,
                            cluster=not no_cluster)
     for kind, paths in files.items():
         shown = ", ".join(str(p.relative_to(out)) for p in paths[:3]) + (f", … ({len(paths)} files)" if len(paths) > 3 else "")
