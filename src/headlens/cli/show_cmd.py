@@ -126,6 +126,11 @@ def maps_command(
     if hrv is not None:
         hrv.check_layout(pipe)
     head_list = [h.strip() for h in heads.split(",") if h.strip()] if heads else None
+    if head_list:
+        from headlens.heads import HeadIndex
+
+        index = HeadIndex.from_unet(pipe.unet)
+        head_list = [index.resolve(h) for h in head_list]  # unknown heads fail before generating
     echo(f"generating {prompt!r} (seed {seed}, {steps} steps) and mapping {word!r} at every head")
     result = head_maps(pipe, prompt, word, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
                        height=size, width=size, occurrence=occurrence, map_size=ms)
