@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "headlens.cli.show_cmd",
     "headlens.cli.scale_cmd",
     "headlens.cli.world_cmd",
+    "headlens.cli.demo_cmd",
 ]
 
 for _name in COMMAND_MODULES:
