@@ -205,3 +205,15 @@ def test_report_renders_offline_in_headless_chromium(hrv_dir, tmp_path):
     top = px[:60].reshape(-1, 3).mean(axis=0)  # the dark header band rendered with its CSS
     assert top.max() < 90, top
     assert px.std() > 20 and len(np.unique(px.reshape(-1, 3), axis=0)) > 500  # pictures drawn, not blank
+
+
+def test_many_pictures_are_capped_with_grids_first(hrv_dir):
+    for i in range(30):
+        write_png(hrv_dir / "edits-many" / f"img_{i:02d}.png", 100 + i, size=(8, 8))
+    write_png(hrv_dir / "edits-many" / "zz_grid.png", 7)
+    page = parse(build_report(hrv_dir, k=2, max_images=5))
+    blobs = embedded_pngs(page)
+    folder = sorted((hrv_dir / "edits-many").iterdir())
+    embedded = [f.name for f in folder if f.read_bytes() in blobs]
+    assert embedded == ["img_00.png", "img_01.png", "img_02.png", "img_03.png", "zz_grid.png"]
+    assert "26 more pictures not embedded" in (hrv_dir / "report.html").read_text()

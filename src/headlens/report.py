@@ -193,6 +193,22 @@ def file_block(path: Path, root: Path, max_rows: int = 60) -> str:
     return f"<h4>{_e(rel)}</h4><pre>{_e(text)}</pre>{cut}"
 
 
+SUMMARY_WORDS = ("grid", "curve", "plot", "summary", "sheet", "overview", "report")
+
+
+def group_html(files: Sequence[Path], root: Path, max_rows: int = 60, max_images: int = 24) -> str:
+    """One folder's files: tables and texts, then at most ``max_images`` pictures (grids and curves first)."""
+    images = [f for f in files if f.suffix.lower() in IMAGE_TYPES]
+    others = [f for f in files if f.suffix.lower() not in IMAGE_TYPES]
+    images.sort(key=lambda f: (not any(w in f.name.lower() for w in SUMMARY_WORDS), _natural(f)))
+    shown, rest = images[:max_images], images[max_images:]
+    parts = [file_block(f, root, max_rows) for f in shown + others]
+    if rest:
+        names = ", ".join(f.name for f in rest[:20]) + (", …" if len(rest) > 20 else "")
+        parts.append(f'<p class="note">{len(rest)} more pictures not embedded: {_e(names)}</p>')
+    return "".join(parts)
+
+
 def _natural(p: Path):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.as_posix())]
 
@@ -231,7 +247,7 @@ def _layout_rows(hrv: HRV, latent_size) -> list[dict]:
 def build_report(hrv_dir: str | Path, out: str | Path | None = None, *, k: int = 10,
                  plots_dir: str | Path | None = None, regenerate: bool = False,
                  include: Sequence[str | Path] = (), concepts: Sequence[str] | None = None,
-                 latent_size=None, max_rows: int = 60) -> Path:
+                 latent_size=None, max_rows: int = 60, max_images: int = 24) -> Path:
     """Write the HTML report of an HRV folder (default ``<hrv_dir>/report.html``); returns its path."""
     import pandas as pd
 
@@ -305,7 +321,7 @@ def build_report(hrv_dir: str | Path, out: str | Path | None = None, *, k: int =
                   for g, files in discover(extra, exclude).items()]
     for root, group, files in found:
         title = "Other files in the HRV folder" if group == "." else group
-        sections.append((title, "".join(file_block(f, root, max_rows) for f in files)))
+        sections.append((title, group_html(files, root, max_rows, max_images)))
 
     page = _page(f"headlens report — {model}", sections,
                  f"{len(hrv.concepts)} concepts × {len(hrv.heads)} heads · headlens {__version__} · "
