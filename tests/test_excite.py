@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import headlens
-from headlens.attention import Plugin, Session
-from headlens.excite import (
+from headlens.attend_excite import (
     TokenMaps,
     excite,
     excite_loss,
@@ -23,6 +22,7 @@ from headlens.excite import (
     select_layers,
     token_maxima,
 )
+from headlens.attention import Plugin, Session
 from headlens.heads import HeadIndex
 from headlens.hrv import HRV
 
@@ -240,10 +240,10 @@ def test_sdxl(sdxl_pipe):
     assert trace and trace[0]["phase"] == "check"
 
 
-def test_module_is_callable_after_import(sd_pipe):
-    import headlens.excite as module
+def test_package_level_excite_is_the_function(sd_pipe):
+    import headlens.attend_excite as module
 
-    assert callable(module)
+    assert headlens.excite is module.excite
     out = headlens.excite(sd_pipe, PROMPT, ["cat"], num_inference_steps=1, max_refinement_steps=1,
                           output_type="latent")
     assert out.shape == (1, 4, 8, 8)

@@ -24,7 +24,7 @@ from .hrv import HRV, LayoutMismatchError  # noqa: E402
 _LAZY = {
     "build": ("headlens.building", "build"),
     "steer": ("headlens.steering", "steer"),
-    "excite": ("headlens.excite", "excite"),
+    "excite": ("headlens.attend_excite", "excite"),
     "edit": ("headlens.edit", None),
     "analysis": ("headlens.analysis", None),
     "world": ("headlens.world", None),

@@ -145,7 +145,7 @@ class CLIPScorer:
 # ---------------------------------------------------------------------------------------------- distance
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean structural similarity of two ``[3, H, W]`` images in [0, 1] (Gaussian window, valid region)."""
-    from .excite import gaussian_kernel
+    from .attend_excite import gaussian_kernel
 
     a, b = a.double(), b.double()
     h, w = a.shape[-2:]
@@ -261,7 +261,7 @@ def object_prompts(prompt: str, words: Sequence[str]) -> list[str]:
 
 def multi_concept_scores(image, prompt: str, tokens, scorer, *, objects: Sequence[str] | None = None) -> dict:
     """Full-prompt similarity and per-object scores with their minimum (text scorer), or per-object presence."""
-    from .excite import parse_tokens
+    from .attend_excite import parse_tokens
 
     pairs = parse_tokens(tokens)
     words = [w for w, _ in pairs]

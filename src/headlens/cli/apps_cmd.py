@@ -211,8 +211,8 @@ def excite_command(
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
 ) -> None:
     """Attend-and-Excite: writes SD | A&E | A&E-HRV images and a labelled grid per prompt."""
+    from headlens.attend_excite import MultiConceptCase, excite, load_multi_concept, parse_tokens
     from headlens.evaluation import multi_concept_scores
-    from headlens.excite import MultiConceptCase, excite, load_multi_concept, parse_tokens
 
     seed_list = parse_seeds(seeds)
     _check_size(size)

@@ -17,15 +17,12 @@ strong peak in its attention map:
    ``latent −= scale_factor·sqrt(scale)·∇loss`` with ``scale`` going linearly 1 → 0.5 over the steps;
 5. the usual classifier-free-guidance pass and scheduler step.
 
-:func:`excite` is the entry point. After ``import headlens.excite`` the *module* is callable too,
-so ``headlens.excite(pipe, ...)`` always works.
+:func:`excite` is the entry point, also exported as ``headlens.excite``.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -457,15 +454,6 @@ def load_multi_concept(group: str | None = None, path=None) -> list[MultiConcept
         raise ValueError(f"no multi-concept benchmark {group!r} (have: {', '.join(names)})")
     return chosen
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``headlens.excite(...)`` work even after the submodule has been imported."""
-
-    def __call__(self, *args, **kwargs):
-        return excite(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "MultiConceptCase", "Subject", "TokenMaps", "decode", "excite", "excite_loss",
