@@ -3,6 +3,11 @@
 Vectorised over heads and over the images of a batch; queries of the conditional half only;
 integer counts accumulate in a ``[timesteps, heads, concepts]`` tensor on the model's device.
 No attention maps are stored and nothing is copied to the host during generation.
+
+Inside a batch each call only records its winners (one copy into a ``[timesteps, heads, images]``
+buffer); they are turned into counts once per batch (:meth:`VoteCapture.finish_batch`, also run
+when ``votes`` is read). That keeps the per-call work to the scores themselves and gives the
+per-image counts (``image_votes``) for free.
 """
 
 from __future__ import annotations
@@ -91,7 +96,7 @@ class VoteCapture(Plugin):
     needs_query = True
 
     def __init__(self, tokens: ConceptTokens, heads: HeadIndex, num_concepts: int, *, variant: str = "reference",
-                 start_token: bool = True, device=None):
+                 start_token: bool = True, device=None, per_image: bool = False):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
         self.tokens = tokens
@@ -100,15 +105,38 @@ class VoteCapture(Plugin):
         self.variant = variant
         self.start_token = start_token
         self.device = device
-        self.votes: torch.Tensor | None = None  # [T, H, C] int64 on device
+        self.per_image = per_image  # also count votes per image of the batch (``image_votes``)
+        self.image_votes: torch.Tensor | None = None  # [B, H, C] int64: this batch's images, summed over steps
+        self._votes: torch.Tensor | None = None  # [T, H, C] int64 on device
         self._keys: dict[int, torch.Tensor] = {}  # layer index -> [heads, T_all + 1, d]
         self._plan: dict | None = None
         self._all_weights: torch.Tensor | None = None
+        self._winners: torch.Tensor | None = None  # [T, H, B] winning concept per (step, head, image), -1 = none
+        self._filled: set[tuple[int, int]] = set()  # (step, layer) slots of _winners written in this batch
+        self._padded: list[list[bool]] | None = None  # [T][L]: does any chosen word leave padding slots?
+
+    @property
+    def votes(self) -> torch.Tensor | None:
+        """Vote counts ``[timesteps, heads, concepts]`` (int64, on the capture's device)."""
+        self._flush()
+        return self._votes
+
+    @votes.setter
+    def votes(self, value: torch.Tensor | None) -> None:
+        self._flush()
+        self._votes = value
 
     # ------------------------------------------------------------------ per-batch word draws
     def begin_batch(self, prompt_indices: list[int], seed: int, num_steps: int) -> None:
         """Draw the concept-words for every (step, layer, image) of this batch from per-prompt generators."""
+        self._flush()
         self._ensure_votes(num_steps)
+        self._winners = torch.full((num_steps, len(self.heads), len(prompt_indices)), -1, dtype=torch.long,
+                                   device=self.device)
+        self._filled = set()
+        if self.per_image:
+            self.image_votes = torch.zeros((len(prompt_indices), len(self.heads), self.num_concepts),
+                                           dtype=torch.int64, device=self.device)
         if self.variant != "reference":
             self._plan = None
             return
@@ -136,17 +164,42 @@ class VoteCapture(Plugin):
             if c >= 0:
                 onehot[m, c] = 1.0
         device = self.device
-        self._plan = {"index": idx.clamp_min(0).to(device), "mask": (idx >= 0).to(device),
+        mask = idx >= 0
+        # (step, layer) pairs where every slot holds a real token: the softmax needs no mask there
+        self._padded = (~mask).flatten(2).any(-1).tolist()
+        self._plan = {"index": idx.clamp_min(0).to(device), "mask": mask.to(device),
                       "inv_len": inv.to(device), "onehot": onehot.to(device)}
+
+    def finish_batch(self) -> None:
+        """Turn this batch's recorded winners into counts (``votes`` and ``image_votes``)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        w = self._winners
+        if w is None or not self._filled:
+            return
+        self._filled = set()
+        c = self.num_concepts
+        shifted = w + 1  # -1 (no vote) lands in column 0, which is dropped
+        counts = torch.zeros((*w.shape[:2], c + 1), dtype=torch.int64, device=w.device)
+        counts.scatter_add_(2, shifted, torch.ones_like(shifted))
+        t = w.shape[0]
+        self._ensure_votes(t)
+        self._votes[:t] += counts[..., 1:]
+        if self.per_image and self.image_votes is not None:
+            per = torch.zeros((w.shape[2], w.shape[1], c + 1), dtype=torch.int64, device=w.device)
+            per.scatter_add_(2, shifted.permute(2, 1, 0), torch.ones_like(shifted).permute(2, 1, 0))
+            self.image_votes += per[..., 1:]
+        w.fill_(-1)
 
     def _ensure_votes(self, num_steps: int) -> None:
         shape = (num_steps, len(self.heads), self.num_concepts)
-        if self.votes is None:
-            self.votes = torch.zeros(shape, dtype=torch.int64, device=self.device)
-        elif self.votes.shape[0] < num_steps:
+        if self._votes is None:
+            self._votes = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        elif self._votes.shape[0] < num_steps:
             grown = torch.zeros(shape, dtype=torch.int64, device=self.device)
-            grown[: self.votes.shape[0]] = self.votes
-            self.votes = grown
+            grown[: self._votes.shape[0]] = self._votes
+            self._votes = grown
 
     # ------------------------------------------------------------------ attention callback
     def _layer_keys(self, attn, layer: Layer) -> torch.Tensor:
@@ -178,16 +231,34 @@ class VoteCapture(Plugin):
                 index = plan["index"][step, layer.index]  # [B, M]
                 k = keys[:, index].permute(1, 0, 2, 3)  # [B, h, M, d]
                 weights = plan["inv_len"][step, layer.index].unsqueeze(-1) * plan["onehot"]  # [B, M, C]
-                scores = concept_scores(q, k, weights, attn.scale, plan["mask"][step, layer.index])
+                # an all-real-token mask would be a no-op masked_fill: skip it
+                mask = plan["mask"][step, layer.index] if self._padded[step][layer.index] else None
+                scores = concept_scores(q, k, weights, attn.scale, mask)
             else:
                 if self._all_weights is None:
                     self._all_weights = self._all_words_weights().to(q.device)
                 k = keys if self.start_token else keys[:, :-1]
                 w = self._all_weights if self.start_token else self._all_weights[:-1]
                 scores = concept_scores(q, k.unsqueeze(0).expand(q.shape[0], -1, -1, -1), w, attn.scale)
-            counts = votes_from_scores(scores)  # [h, C]
-            self._ensure_votes(call.step + 1)
-            self.votes[call.step, layer.head_offset : layer.head_offset + layer.num_heads] += counts
+            self._record(call.step, layer, scores)
+
+    def _record(self, step: int, layer: Layer, scores: torch.Tensor) -> None:
+        """Store the winners of one call (counted at the end of the batch)."""
+        w = self._winners
+        heads = slice(layer.head_offset, layer.head_offset + layer.num_heads)
+        key = (step, layer.index)
+        if w is not None and step < w.shape[0] and scores.shape[0] == w.shape[2] and key not in self._filled:
+            self._filled.add(key)
+            w[step, heads] = scores.argmax(dim=-1).T  # [h, B]
+            return
+        # no batch plan, or the same (step, layer) seen twice: count right away
+        self._flush()
+        self._ensure_votes(step + 1)
+        self._votes[step, heads] += votes_from_scores(scores)  # [h, C]
+        if self.per_image and self.image_votes is not None and self.image_votes.shape[0] == scores.shape[0]:
+            self.image_votes[:, heads].scatter_add_(
+                2, scores.argmax(dim=-1)[..., None], torch.ones(scores.shape[:2] + (1,), dtype=torch.int64,
+                                                                 device=scores.device))
 
     def _all_words_weights(self) -> torch.Tensor:
         """All-words variant: each token weighs 1/(tokens of its word × words of its concept)."""
