@@ -33,7 +33,7 @@ def build_command(
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale (reference: 7.5)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Prompts per pipeline call (fixes batch composition; keep it when resuming)."),
     seed: int = typer.Option(22, "--seed", "-s", help="Base seed: latents and word draws of prompt i come from (seed, i)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: hrv.safetensors + hrv.json (+ checkpoint files)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: hrv.safetensors + hrv.json (+ checkpoint files)."),  # noqa: B008
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (refuses a checkpoint of another run)."),
     variant: str = typer.Option("reference", "--variant", help="'reference': one random word per concept per layer call (paper); 'all-words': every word scored, averaged per concept (deterministic)."),
     no_start_token: bool = typer.Option(False, "--no-start-token", help="Drop the start token from the vote softmax (the reference keeps it)."),
@@ -44,8 +44,18 @@ def build_command(
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda, cuda:1."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
     top: int = typer.Option(5, "--top", help="Print the top-N heads per concept at the end."),
+    shard: str = typer.Option(None, "--shard", help="Do only part i of N (i/N, batches b with b % N == i); combine the parts with `headlens merge`."),
+    per_prompt: bool = typer.Option(False, "--per-prompt", help="Also keep each prompt's votes (prompt_votes.safetensors) for `headlens convergence`."),
+    until_stable: int = typer.Option(0, "--until-stable", help="Stop once no concept's top heads (--stable-top) have changed for this many prompts (0: off)."),
+    stable_top: int = typer.Option(10, "--stable-top", help="Size k of the top-k head sets watched by --until-stable."),
+    min_free_mb: float = typer.Option(16, "--min-free-mb", help="Refuse to start unless the output disk has the build's output size plus this much free."),
 ) -> None:
-    """Build Head Relevance Vectors: generate the prompts while every cross-attention head votes."""
+    """Build Head Relevance Vectors: generate the prompts while every cross-attention head votes.
+
+    Runs on several processes too: `torchrun --nproc_per_node N -m headlens build ...` (or
+    `accelerate launch`) splits the batches over the processes and writes the same folder.
+    """
+    from headlens import distributed
     from headlens.building import build
     from headlens.concepts import load_prompts
 
@@ -62,14 +72,36 @@ def build_command(
         prompt_list = prompt_list[:limit]
     from headlens.building import check_output_dir
 
-    check_output_dir(out)  # fail before loading anything if the folder cannot be written
-    pipe = load_model(model, device, dtype)
-    echo(f"model {model}: {len(prompt_list)} prompts × {steps} steps, batch {batch_size}, seed {seed} → {out}")
-    hrv = build(
-        pipe, concept_set, prompt_list, num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size,
-        seed=seed, variant=variant, start_token=not no_start_token, scheduler=scheduler, height=size, width=size,
-        out=out, checkpoint_every=checkpoint_every, resume=resume, progress=True,
-    )
+    shard_spec = distributed.parse_shard(shard)
+    comm = distributed.setup(device)  # torchrun / accelerate launch: one process group, rank 0 writes
+    try:
+        # fail before loading anything if the folder cannot be written
+        comm.on_root(lambda: check_output_dir(out, min_free_mb=min_free_mb))
+        device = comm.device_for(device)
+        pipe = load_model(model, device, dtype)
+        if comm.is_root:
+            part = f", shard {shard_spec[0]}/{shard_spec[1]}" if shard_spec else ""
+            procs = f", {comm.world_size} processes" if comm.distributed else ""
+            echo(f"model {model}: {len(prompt_list)} prompts × {steps} steps, batch {batch_size}, seed {seed}{part}{procs} → {out}")
+        hrv = build(
+            pipe, concept_set, prompt_list, num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size,
+            seed=seed, variant=variant, start_token=not no_start_token, scheduler=scheduler, height=size, width=size,
+            out=out, checkpoint_every=checkpoint_every, resume=resume, progress=comm.is_root, shard=shard_spec,
+            per_prompt=per_prompt, until_stable=until_stable, stable_top=stable_top, distributed=comm,
+            min_free_mb=min_free_mb,
+        )
+    finally:
+        comm.close()
+    if not comm.is_root:
+        return
     if top:
         _print_top_heads(hrv, top)
+    info = hrv.metadata.get("until_stable")
+    if info and info.get("stopped_early"):
+        echo(f"stable: top-{stable_top} heads unchanged for {until_stable} prompts; stopped after "
+             f"{info['prompts_used']} of {len(prompt_list)} prompts")
+    done = hrv.metadata.get("prompts_done", len(prompt_list))
+    if shard_spec and done < len(prompt_list):
+        echo(f"shard {shard_spec[0]}/{shard_spec[1]}: {done} of {len(prompt_list)} prompts; combine the shards with "
+             "`headlens merge`")
     echo(f"saved {hrv!r} to {out}")
