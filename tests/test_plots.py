@@ -72,7 +72,7 @@ def tiny_dir(tiny_hrv, tmp_path_factory):
 @pytest.fixture(scope="module")
 def xl_hrv():
     return random_hrv(sdxl_layout(), ["Color", "Animals", "Plants", "Material"], metadata={
-        "model": "synthetic-sdxl", "height": 1024, "width": 1024})
+        "model": "synthetic-sdxl", "height": 1024, "width": 1024, "vae_scale_factor": 8})
 
 
 def png_pixels(path) -> np.ndarray:
@@ -171,7 +171,8 @@ def test_1300_heads_stay_readable(xl_hrv, tmp_path):
 
 def test_resolution_labels():
     heads = sdxl_layout()
-    assert plots.latent_size_from_metadata({"height": 1024, "width": 768}) == (128, 96)
+    assert plots.latent_size_from_metadata({"height": 1024, "width": 768, "vae_scale_factor": 8}) == (128, 96)
+    assert plots.latent_size_from_metadata({"height": 32, "width": 32}) is None  # VAE factor unknown: no guess
     assert plots.latent_size_from_metadata({"latent_size": 64}) == (64, 64)
     assert plots.latent_size_from_metadata({"height": None}) is None
     spans = plots.resolution_spans(heads, (128, 128))
@@ -180,7 +181,7 @@ def test_resolution_labels():
     assert [s.label for s in plots.resolution_spans(heads)] == ["/2", "/4", "/4", "/4", "/2"]
     assert [(s.label, s.start, s.stop) for s in plots.place_spans(heads)] == [
         ("down", 0, 440), ("mid", 440, 640), ("up", 640, 1300)]
-    fig = plots.plot_heatmap(random_hrv(heads, ["A", "B"], metadata={"height": 1024, "width": 1024}))
+    fig = plots.plot_heatmap(random_hrv(heads, ["A", "B"], metadata={"latent_size": [128, 128]}))
     texts = {t.get_text() for t in fig.axes[1].texts}  # the band above the heatmap
     assert {"64×64", "32×32", "down (440 heads)", "mid (200 heads)", "up (660 heads)"} <= texts
 

@@ -60,10 +60,10 @@ def latent_size_from_metadata(metadata: dict) -> tuple[int, int] | None:
     ls = metadata.get("latent_size")
     if ls:
         return (int(ls), int(ls)) if isinstance(ls, (int, float)) else (int(ls[0]), int(ls[1]))
-    scale = int(metadata.get("vae_scale_factor") or 8)
+    scale = metadata.get("vae_scale_factor")  # not assumed: small models (world, tiny) do not use 8
     h, w = metadata.get("height"), metadata.get("width")
-    if h and w:
-        return (int(h) // scale, int(w) // scale)
+    if scale and h and w:
+        return (int(h) // int(scale), int(w) // int(scale))
     ss = metadata.get("sample_size")
     if ss:
         return (int(ss), int(ss)) if isinstance(ss, (int, float)) else (int(ss[0]), int(ss[1]))
