@@ -511,10 +511,10 @@ def plot_timestep_summary(hrv: HRV, concepts: Sequence[str] | None = None):
     agree = timestep_agreement(hrv)[[hrv.concept_index(c) for c in names]]
     T = agree.shape[1]
     width = min(max(4.5 + 0.22 * T, 7.0), 16.0)
-    height = 1.6 + 0.2 * len(names)
+    height = 2.0 + 0.2 * len(names)
     fig = _figure(width, height)
-    ax = fig.add_axes((1.9 / width, 0.6 / height, 1 - 3.0 / width, 1 - 1.15 / height))
-    cax = fig.add_axes((1 - 0.9 / width, 0.6 / height, 0.18 / width, 1 - 1.15 / height))
+    ax = fig.add_axes((1.9 / width, 0.6 / height, 1 - 3.0 / width, 1 - 1.3 / height))
+    cax = fig.add_axes((1 - 0.9 / width, 0.6 / height, 0.18 / width, 1 - 1.3 / height))
     im = ax.imshow(agree, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
@@ -523,10 +523,10 @@ def plot_timestep_summary(hrv: HRV, concepts: Sequence[str] | None = None):
     ax.set_xticklabels([str(s) for s in step_ticks], fontsize=7)
     ax.set_xlabel("step (0 = noisiest)", fontsize=8)
     cb = fig.colorbar(im, cax=cax)
-    cb.set_label("Pearson r: step HRV vs overall HRV", fontsize=8)
+    cb.set_label("Pearson r", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    fig.suptitle(f"When do the relevant heads settle? — {_model_name(hrv)}", fontsize=10,
-                 y=1 - 0.08 / height, va="top")
+    fig.suptitle(f"When do the relevant heads settle? — {_model_name(hrv)}\n"
+                 "correlation of each step's HRV with the overall HRV", fontsize=9, y=1 - 0.06 / height, va="top")
     return fig
 
 
