@@ -51,6 +51,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint belongs to another run (model, concepts, prompts or settings differ)."""
 
 
+class DiskSpaceError(OSError, ValueError):
+    """Too little free disk space for a build's output (an OSError; a ValueError so the CLI shows one line)."""
+
+
 @dataclass
 class BuildSettings:
     """Everything that determines the vote counts of a build."""
@@ -508,7 +512,7 @@ def check_output_dir(out: str | Path, min_free_mb: float = 16, need_bytes: int =
     free = shutil.disk_usage(d).free
     need = need_bytes + min_free_mb * 2**20
     if free < need:
-        raise OSError(
+        raise DiskSpaceError(
             f"only {free / 2**20:.0f} MB free in {d}, the build needs {need / 2**20:.0f} MB; "
             "free some disk space or choose another --out"
         )

@@ -143,9 +143,9 @@ class Comm:
 
 
 def _rebuild_error(name: str, message: str) -> Exception:
-    from .building import CheckpointMismatchError
+    from .building import CheckpointMismatchError, DiskSpaceError
 
-    known = {"CheckpointMismatchError": CheckpointMismatchError, "MergeError": MergeError}
+    known = {"CheckpointMismatchError": CheckpointMismatchError, "MergeError": MergeError, "DiskSpaceError": DiskSpaceError}
     cls = known.get(name) or getattr(builtins, name, None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         cls = RuntimeError
