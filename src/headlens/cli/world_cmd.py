@@ -1,0 +1,48 @@
+"""`headlens world report`: the validation report of the bundled world model (Markdown + PNGs + JSON)."""
+# ruff: noqa: B008  (typer declares options as argument defaults)
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import UserError, echo
+
+world_app = typer.Typer(name="world", help="The bundled world model: validation report of its HRVs.",
+                        no_args_is_help=True)
+app.add_typer(world_app)
+
+
+@world_app.command("report")
+def report_command(
+    out: Path = typer.Option(Path("docs/world-report"), "--out", "-o", help="Folder for the PNG plots, report.json and the HRVs."),
+    markdown: Path = typer.Option(None, "--markdown", help="Markdown file to write (default: <out>.md beside the folder)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sample sizes (a smoke run of every section, about a minute)."),
+    model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled model) or a local pipeline folder with the world's vocabulary."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
+) -> None:
+    """Validate the world model's HRVs against ground truth: control, weakening, single heads, polysemy, P2P, A&E."""
+    import torch
+
+    from headlens import world
+    from headlens.validation import ReportConfig, run_report
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = None if model in ("world", "default") else Path(model)
+    path = folder or world.model_path()
+    if not (path / "model_index.json").exists():
+        raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
+                        "`python -m headlens.world.train` or give --model FOLDER")
+    pipe = world.load_pipeline(folder=folder)
+    try:
+        reader = world.Scorer()
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    cfg = ReportConfig.quick() if quick else ReportConfig()
+    cfg.seed = seed
+    name = "bundled world model" if folder is None else f"world model at {folder}"
+    run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name)

@@ -1,0 +1,27 @@
+"""Validation reports: the bundled world model's HRVs checked against ground truth (`headlens world report`)."""
+
+from .world_report import (
+    CONCEPTS,
+    ReportConfig,
+    SoftWorldScorer,
+    attribute_prompts,
+    build_hrvs,
+    edit_pairs,
+    polysemy_prompts,
+    random_init_control,
+    run_report,
+    two_object_prompts,
+)
+
+__all__ = [
+    "CONCEPTS",
+    "ReportConfig",
+    "SoftWorldScorer",
+    "attribute_prompts",
+    "build_hrvs",
+    "edit_pairs",
+    "polysemy_prompts",
+    "random_init_control",
+    "run_report",
+    "two_object_prompts",
+]
