@@ -298,3 +298,22 @@ def test_show_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_dir, args,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+
+
+def test_similarity_labels_fit_in_the_figure(xl_hrv):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = ["Jewelry and accessories", "Seasons and holidays", "Sea creatures", "Age", "Geometric patterns"]
+    hrv = random_hrv(xl_hrv.heads, names, seed=4)
+    fig = plots.plot_similarity(hrv)
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    W, H = fig.bbox.width, fig.bbox.height
+    labels = ax.get_xticklabels() + ax.get_yticklabels()
+    assert sorted(t.get_text() for t in ax.get_yticklabels()) == sorted(names)
+    for t in labels:
+        b = t.get_window_extent(r)
+        assert b.x0 >= 0 and b.y0 >= 0 and b.x1 <= W and b.y1 <= H, (t.get_text(), b)
+    assert not tick_boxes_overlap(fig, ax)

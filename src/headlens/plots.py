@@ -635,12 +635,13 @@ def plot_similarity(hrv: HRV, concepts: Sequence[str] | None = None, *, method: 
     s = sim[np.ix_(order, order)]
     side = min(max(3.5 + 0.22 * c, 6.0), 16.0)
     dendro_in = 1.2 if Z is not None else 0.0
-    label_in = 1.8
-    width, height = side + dendro_in + label_in + 1.2, side + 1.6
+    label_in = 0.3 + 0.075 * max(len(n) for n in names)
+    bottom = max(label_in, 0.8)
+    width, height = side + dendro_in + label_in + 1.2, side + bottom + 0.5
     fig = _figure(width, height)
     x0 = (dendro_in + label_in) / width
-    ax = fig.add_axes((x0, 1.3 / height, side / width, side / height))
-    cax = fig.add_axes((x0 + (side + 0.2) / width, 1.3 / height, 0.18 / width, side / height))
+    ax = fig.add_axes((x0, bottom / height, side / width, side / height))
+    cax = fig.add_axes((x0 + (side + 0.2) / width, bottom / height, 0.18 / width, side / height))
     lo = -1.0 if method == "pearson" else float(min(0.0, s.min()))
     im = ax.imshow(s, cmap="RdBu_r" if method == "pearson" else "viridis", vmin=lo, vmax=1.0,
                    interpolation="nearest")
@@ -650,7 +651,7 @@ def plot_similarity(hrv: HRV, concepts: Sequence[str] | None = None, *, method: 
     ax.set_yticks(range(c))
     ax.set_yticklabels([names[i] for i in order], fontsize=fs)
     if Z is not None:
-        dax = fig.add_axes((0.1 / width, 1.3 / height, (dendro_in - 0.1) / width, side / height), sharey=ax)
+        dax = fig.add_axes((0.1 / width, bottom / height, (dendro_in - 0.1) / width, side / height), sharey=ax)
         for xs, ys in _dendrogram_segments(Z, order):
             dax.plot(xs, ys, color="#444444", lw=0.8)
         dax.set_xlim(float(Z[:, 2].max()) * 1.05 if len(Z) else 1.0, 0)
