@@ -243,7 +243,7 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
     im = None
     for p, (title, m) in enumerate(panels):
         r, c = divmod(p, ncols)
-        ax = fig.add_axes(((c * cell + 0.1) / (cell * ncols + 0.9), 1 - ((r + 1) * cell + 0.75) / (cell * nrows + 1.0),
+        ax = fig.add_axes(((c * cell + 0.1) / (cell * ncols + 0.9), 1 - ((r + 1) * cell + 0.5) / (cell * nrows + 1.0),
                            (cell - 0.2) / (cell * ncols + 0.9), (cell - 0.45) / (cell * nrows + 1.0)))
         ax.imshow(img, extent=(0, W, H, 0))
         if m is not None:
