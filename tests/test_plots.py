@@ -317,3 +317,30 @@ def test_similarity_labels_fit_in_the_figure(xl_hrv):
         b = t.get_window_extent(r)
         assert b.x0 >= 0 and b.y0 >= 0 and b.x1 <= W and b.y1 <= H, (t.get_text(), b)
     assert not tick_boxes_overlap(fig, ax)
+
+
+def sd14_layout() -> HeadIndex:
+    """SD1.4's 16 cross-attention layers × 8 heads."""
+    layers = [{"name": f"down_blocks.{i // 2}.attentions.{i % 2}.transformer_blocks.0.attn2", "place": "down",
+               "place_layer": i, "heads": 8, "downsample": d} for i, d in enumerate([1, 1, 2, 2, 4, 4])]
+    layers.append({"name": "mid_block.attentions.0.transformer_blocks.0.attn2", "place": "mid", "place_layer": 0,
+                   "heads": 8, "downsample": 8})
+    layers += [{"name": f"up_blocks.{1 + i // 3}.attentions.{i % 3}.transformer_blocks.0.attn2", "place": "up",
+                "place_layer": i, "heads": 8, "downsample": d} for i, d in enumerate([4, 4, 4, 2, 2, 2, 1, 1, 1])]
+    return HeadIndex.from_description(layers)
+
+
+def test_128_heads_label_every_layer():
+    names = [f"concept {i}" for i in range(34)]
+    hrv = random_hrv(sd14_layout(), names, metadata={"model": "sd14", "latent_size": 64})
+    fig = plots.plot_heatmap(hrv)
+    w, h = fig.get_size_inches()
+    assert 10 <= w <= 14 and 7 <= h <= 10
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"down{i}" for i in range(6)] + ["mid0"] + [
+        f"up{i}" for i in range(9)]
+    assert all(t.get_rotation() == 0 for t in ax.get_xticklabels())  # room to write them horizontally
+    assert not tick_boxes_overlap(fig, ax)
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert texts.count("64×64") == 2 and texts.count("8×8") == 1
