@@ -168,12 +168,13 @@ def _weakening(r: dict, out: Path, md: Path) -> str:
     L.append("")
     L.append(_img(out, md, w["files"]["curves"], "weakening curves"))
     L.append("")
-    L.append("| concept | tokens | n | accuracy, nothing weakened | all heads weakened | area LeRHF − MoRHF | "
+    L.append("| concept | tokens | n | accuracy, nothing weakened (chance) | all heads weakened | area LeRHF − MoRHF | "
              "area random − MoRHF | area LeRHF − random |")
     L.append("|---|---|---|---|---|---|---|---|")
     for concept, c in w["concepts"].items():
         for tok, t in c["tokens"].items():
-            L.append(f"| {concept} | {tok} | {c['items']} | {_f(t['baseline'], True)} | {_f(t['all_heads'], True)} | "
+            L.append(f"| {concept} | {tok} | {c['items']} | {_f(t['baseline'], True)} ({_pct(c['chance'])}) | "
+                     f"{_f(t['all_heads'], True)} | "
                      f"{_f(t['area_lerhf_morhf'])} | {_f(t['area_random_morhf'])} | {_f(t['area_lerhf_random'])} |")
     L.append("")
     L.append("Mean accuracy per k (MoRHF / random / LeRHF):")
@@ -355,9 +356,24 @@ def _interpretation(r: dict) -> str:
     return "\n".join(L)
 
 
+def _images(r: dict, key: str) -> int | None:
+    sec = r.get(key, {})
+    if "images" in sec:
+        return sec["images"]
+    if "concepts" in sec:
+        return sum(c.get("images", 0) for c in sec["concepts"].values())
+    return None
+
+
 def _reproduce(r: dict) -> str:
     s = r.get("seconds", {})
-    parts = ", ".join(f"{k} {v / 60:.1f} min" for k, v in s.items() if k != "total")
+    parts = []
+    for k, v in s.items():
+        if k == "total":
+            continue
+        n = _images(r, k)
+        parts.append(f"{k} {v / 60:.1f} min" + (f" ({n} images)" if n else ""))
+    parts = ", ".join(parts)
     return ("## Reproduce\n\n```bash\nheadlens world report --out docs/world-report      # ≈ "
             f"{s.get('total', 0) / 60:.0f} min on this machine\nheadlens world report --quick --out /tmp/wr   # "
             f"smoke run\n```\n\nTime per section: {parts}.\n")

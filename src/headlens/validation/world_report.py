@@ -329,10 +329,15 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _layer_bounds(heads) -> list[tuple[int, str]]:
+def _layer_bounds(heads, latent: int | None = None) -> list[tuple[int, str]]:
+    """(first head, label) per layer; with the latent size the label gets the layer's query grid."""
     out = []
     for layer in heads.layers:
-        out.append((layer.head_offset, f"{layer.place}{layer.place_layer}"))
+        label = f"{layer.place}{layer.place_layer}"
+        if latent:
+            h, w = layer.resolution(latent)
+            label += f"\n{h}×{w}"
+        out.append((layer.head_offset, label))
     return out
 
 
@@ -351,13 +356,13 @@ def build_hrvs(pipe, prompts: Sequence[str], cfg: ReportConfig, concepts) -> tup
     return full, a, b
 
 
-def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path) -> dict:
+def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path, latent: int | None = None) -> dict:
     """Vote concentration, reliability and distance of the trained HRVs from the control's; heatmap PNGs."""
     full = trained[0]
     cfull = control[0]
     concepts = full.concepts
     res: dict = {"concepts": concepts, "num_heads": full.num_heads, "prompts": int(full.metadata.get("prompts", 0)),
-                 "timesteps": int(full.votes.shape[0])}
+                 "timesteps": int(full.votes.shape[0]), "images": 2 * int(full.metadata.get("prompts", 0))}
     rng_seed = cfg.seed
     for name, (f, x, y) in {"trained": trained, "control": control}.items():
         st = vote_stats(f.votes)
@@ -376,12 +381,12 @@ def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path) ->
     s1, s2 = vote_stats(full.votes)["share"], vote_stats(cfull.votes)["share"]
     idx = np.random.default_rng(rng_seed).integers(0, len(s1), (cfg.n_boot, len(s1)))
     res["concentration_diff"] = _ci_from(float((s1 - s2).mean()), (s1 - s2)[idx].mean(1), len(s1))
-    res["files"] = {"heatmap": _plot_heatmaps(full, cfull, out / "hrv_heatmaps.png"),
+    res["files"] = {"heatmap": _plot_heatmaps(full, cfull, out / "hrv_heatmaps.png", latent),
                     "concentration": _plot_concentration(full, cfull, out / "hrv_concentration.png")}
     return res
 
 
-def _plot_heatmaps(full, control, path: Path) -> str:
+def _plot_heatmaps(full, control, path: Path, latent: int | None = None) -> str:
     plt = _plt()
     mats = [full.matrix.numpy(), control.matrix.numpy()]
     vmax = float(max(np.quantile(m, 0.99) for m in mats))
@@ -394,10 +399,12 @@ def _plot_heatmaps(full, control, path: Path) -> str:
         for off, _ in _layer_bounds(full.heads)[1:]:
             ax.axvline(off - 0.5, color="white", lw=0.6)
         fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01)
-    bounds = _layer_bounds(full.heads)
+    bounds = _layer_bounds(full.heads, latent)
     axes[-1].set_xticks([o + full.heads.layers[i].num_heads / 2 - 0.5 for i, (o, _) in enumerate(bounds)],
-                        [n for _, n in bounds], fontsize=8)
-    axes[-1].set_xlabel("cross-attention layer (8 heads each in the world model; HRV mean = 1)", fontsize=8)
+                        [n for _, n in bounds], fontsize=7)
+    per = sorted({layer.num_heads for layer in full.heads.layers})
+    axes[-1].set_xlabel(f"cross-attention layer and its query grid ({'/'.join(map(str, per))} heads each; "
+                        "every HRV row has mean 1)", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -468,12 +475,16 @@ def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: 
                               out=None, tokens=list(cfg.token_sets), random_draws=0, settings=settings,
                               n_boot=cfg.n_boot, progress=False)
         items = r.items
+        images = r.generations
         boot = bootstrap_indices(len(items), cfg.n_boot, seed=0)
-        c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(cfg.weaken_seeds), "tokens": {}}
+        vocab = _vocab()[0]
+        c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(cfg.weaken_seeds), "tokens": {},
+                       "chance": 1.0 / len(vocab.VOCABULARY[concept])}
         for tok in cfg.token_sets:
             mor = r.curve("morhf", tok).per_item
             ler = r.curve("lerhf", tok).per_item
             rnd = random_curve(pipe, items, ks, tok, settings, scorer, H, cfg.random_groups, cfg.seed)
+            images += int(np.isfinite(rnd).sum())
             rnd[0], rnd[-1] = mor[0], mor[-1]
             curves = {}
             for name, m in (("morhf", mor), ("lerhf", ler), ("random", rnd)):
@@ -488,6 +499,7 @@ def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: 
                                     "area_random_morhf": area(rnd, mor), "area_lerhf_random": area(ler, rnd),
                                     "baseline": mean_ci(mor[0], cfg.n_boot), "all_heads": mean_ci(mor[-1], cfg.n_boot)}
         c_res["seconds"] = round(time.time() - t0, 1)
+        c_res["images"] = images
         res["concepts"][concept] = c_res
         w = c_res["tokens"].get("words", next(iter(c_res["tokens"].values())))
         log(f"weakening {concept}: n={len(items)}, area LeRHF−MoRHF (words) {fmt(w['area_lerhf_morhf'])}, "
@@ -585,7 +597,7 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
                                  "hrv": float(hrv[concept][h])} for h in r.ranking[:5]],
             "effects": [float(x) for x in r.effects], "effects_low": [float(x) for x in r.low],
             "effects_high": [float(x) for x in r.high], "hrv_values": [float(hrv[concept][h]) for h in sel],
-            "head_names": names, "seconds": round(time.time() - t0, 1),
+            "head_names": names, "seconds": round(time.time() - t0, 1), "images": r.generations,
         }
         log(f"head effects {concept}: n={len(r.items)}, Spearman {fmt(refs['hrv'])}, {time.time() - t0:.0f}s")
     res["files"] = {"effects": _plot_effects(res, out / "head_effects.png")}
@@ -628,7 +640,7 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
         "strengthen": (lambda s: s.strengthen("orange", "Color"), hrv),
         "adjust (head-shuffled HRV)": (lambda s: s.adjust("orange", toward="Color", away="Shape"), shuffled),
     }
-    res: dict = {"items": len(items), "conditions": {}}
+    res: dict = {"items": len(items), "conditions": {}, "images": len(items) * len(conditions)}
     reads: dict = {}
     examples: dict = {}
     for name, (setup, h) in conditions.items():
@@ -651,7 +663,7 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
     return res
 
 
-def _grid(rows: dict, cols: list[str], path: Path, cell: int = 64) -> str:
+def _grid(rows: dict, cols: list[str], path: Path, cell: int = 80) -> str:
     from ..analysis.figures import image_grid
 
     img = image_grid(list(rows.values()), list(rows), [c.replace(" on the ", "\n").replace(" at the ", "\n")
@@ -684,7 +696,7 @@ def p2p_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path) 
         if i < 8:
             for name, im in (("source", src), ("independent", independent[i]), ("P2P", plain), ("P2P-HRV", with_hrv)):
                 examples[name].append(im)
-    res: dict = {"items": len(pairs), "methods": {}}
+    res: dict = {"items": len(pairs), "methods": {}, "images": 5 * len(pairs)}  # 2 P2P pairs + 1 independent
     for name, rs in rows.items():
         succ = np.array([r["success"] for r in rs], dtype=float)
         kept = np.array([r["all_kept"] for r in rs], dtype=float)
@@ -699,7 +711,7 @@ def p2p_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path) 
     a = np.array([r["success"] for r in rows["P2P-HRV"]], dtype=float)
     b = np.array([r["success"] for r in rows["P2P"]], dtype=float)
     res["success_diff_hrv_minus_p2p"] = mean_ci(a - b, cfg.n_boot)
-    res["files"] = {"examples": _grid(examples, [f"{p['from']}→{p['to']}" for p in pairs[:8]],
+    res["files"] = {"examples": _grid(examples, [f"{p['from']}->\n{p['to']}" for p in pairs[:8]],
                                       out / "p2p_examples.png")}
     return res
 
@@ -717,8 +729,8 @@ def ae_section(pipe, hrv, reader, cfg: ReportConfig, log, out: Path) -> dict:
     res_ae = resolution[len(resolution) // 2]  # the middle resolution (8×8 on the world's 16×16 latents)
     methods = {"SD": {"optimize": False}, "A&E": {"resolution": res_ae},
                "A&E-HRV": {"hrv": hrv, "resolution": res_ae}}
-    res: dict = {"items": len(cases), "resolution": int(res_ae), "settings": {k: v for k, v in kw.items()},
-                 "methods": {}}
+    res: dict = {"items": len(cases), "resolution": int(res_ae), "settings": dict(kw), "methods": {},
+                 "images": 3 * len(cases)}
     examples: dict = {m: [] for m in methods}
     missing: dict = {}
     for name, extra in methods.items():
@@ -819,7 +831,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
         hrv, control_hrv = trained[0], ctrl[0]
         hrv.save(out / "hrv")
         control_hrv.save(out / "hrv-control")
-        report["hrv"] = hrv_section(trained, ctrl, cfg, out)
+        report["hrv"] = hrv_section(trained, ctrl, cfg, out, _latent_size(pipe))
         timings["hrv"] = time.time() - t
         say(f"HRVs built: concentration trained {fmt(report['hrv']['trained']['concentration'])}, control "
             f"{fmt(report['hrv']['control']['concentration'])} ({timings['hrv']:.0f}s)")
@@ -846,6 +858,11 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     md_path.write_text(render_markdown(report, out, md_path), encoding="utf-8")
     say(f"report written: {md_path} and {out / 'report.json'} ({timings['total']:.0f}s)")
     return report
+
+
+def _latent_size(pipe) -> int:
+    size = pipe.unet.config.sample_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def _jsonable(x):
