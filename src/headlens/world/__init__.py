@@ -11,11 +11,22 @@ __all__ = [
     "VOCABULARY",
     "Scorer",
     "concept_words",
+    "default_prompts",
     "load_pipeline",
     "model_path",
     "parse_caption",
     "render",
 ]
+
+
+def default_prompts(n: int = 256, seed: int = 2024) -> list[str]:
+    """Non-empty captions sampled from the world grammar (HRV construction prompts)."""
+    import numpy as np
+
+    from .vocab import sample_caption
+
+    rng = np.random.default_rng(seed)
+    return [sample_caption(rng) for _ in range(n)]
 
 
 def model_path() -> Path:

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .model import make_pipeline, make_text_encoder, make_unet, make_vae, save_pipeline, train_scheduler
 from .render import render_array
@@ -46,11 +49,11 @@ def to_float(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x).float().div(127.5).sub(1.0)
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up, cosine decay to 10 %."""
+def lr_at(step: int, total: int, base: float, warmup: int, progress: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to 10 % over progress (default: step/total)."""
     if step < warmup:
         return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    t = min(1.0, (step - warmup) / max(1, total - warmup)) if progress is None else min(1.0, progress)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -100,7 +103,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-images", type=int, default=60_000)
     ap.add_argument("--vae-steps", type=int, default=700)
-    ap.add_argument("--unet-steps", type=int, default=0, help="0: fit the remaining budget (logged)")
+    ap.add_argument("--unet-steps", type=int, default=8000,
+                    help="UNet steps; the cosine schedule follows max(step/steps, time used/time left), so a "
+                    "slow machine ends on time with a decayed learning rate (the log says which bound ended it)")
+    ap.add_argument("--no-time-schedule", action="store_true", help="schedule by steps only (exact repeats)")
+    ap.add_argument("--init-from", default="", help="continue from a pipeline folder's UNet and text encoder")
+    ap.add_argument("--vae-from", default="", help="reuse a trained VAE (a pipeline folder or its vae/ folder)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--p-uncond", type=float, default=0.1)
@@ -123,8 +131,20 @@ def main(argv: list[str] | None = None) -> Path:
     captions, images = make_dataset(a.n_images, a.seed)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
 
-    vae = train_vae(images, a.vae_steps, a.batch, log, gen)
-    lat = encode_all(vae, images)
+    if a.vae_from:
+        src = Path(a.vae_from)
+        vae = AutoencoderKL.from_pretrained(str(src / "vae" if (src / "vae").is_dir() else src)).eval()
+        log(f"reusing the VAE from {src}")
+    else:
+        vae = train_vae(images, a.vae_steps, a.batch, log, gen)
+    cache = out / "latents.safetensors"
+    key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}"
+    if cache.exists() and safe_open(str(cache), "pt").metadata().get("key") == key:
+        lat = load_file(str(cache))["latents"]
+        log(f"latents from cache {cache}")
+    else:
+        lat = encode_all(vae, images)
+        save_file({"latents": lat.contiguous()}, str(cache), metadata={"key": key})
     scale = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scale)
     lat = lat * scale
@@ -139,6 +159,11 @@ def main(argv: list[str] | None = None) -> Path:
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")["input_ids"]
     unet, te = make_unet(), make_text_encoder(tok)
     unet_ema, te_ema = make_unet(), make_text_encoder(tok)
+    if a.init_from:
+        src = Path(a.init_from)
+        unet.load_state_dict(load_file(str(src / "unet" / "diffusion_pytorch_model.safetensors")))
+        te.load_state_dict(load_file(str(src / "text_encoder" / "model.safetensors")))
+        log(f"initialised UNet and text encoder from {src}")
     unet_ema.load_state_dict(unet.state_dict())
     te_ema.load_state_dict(te.state_dict())
     for m in (unet_ema, te_ema):
@@ -155,21 +180,21 @@ def main(argv: list[str] | None = None) -> Path:
         save_pipeline(make_pipeline(vae, te_ema, tok, unet_ema), pipe_dir)
         log(f"checkpoint ({tag}) -> {pipe_dir}")
 
-    total = a.unet_steps or 10**9
+    total = a.unet_steps
     losses: list[float] = []
     t_unet = time.time()
+    unet_budget = max(1.0, deadline - 60 - t_unet)
     last_ckpt = t_unet
     step = 0
+    log(f"unet: up to {total} steps in {unet_budget / 60:.1f} min")
     while step < total:
-        if step == 50 and not a.unet_steps:
-            rate = 50 / (time.time() - t_unet)
-            total = max(100, int(rate * (deadline - time.time() - 60) * 0.97) + 50)
-            log(f"measured {rate:.2f} steps/s -> unet steps {total} (pass --unet-steps {total} to repeat exactly)")
-        if time.time() > deadline - 30:
+        t_frac = 0.0 if a.no_time_schedule else (time.time() - t_unet) / unet_budget
+        progress = max(step / total, t_frac)
+        if t_frac >= 1.0 or time.time() > deadline - 30:
             log(f"time budget reached at step {step}/{total}")
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, a.lr, 200)
+            g["lr"] = lr_at(step, total, a.lr, 200, progress)
         idx = torch.randint(0, len(lat), (a.batch,), generator=gen)
         x0 = lat[idx]
         cap = ids[idx].clone()
@@ -198,6 +223,7 @@ def main(argv: list[str] | None = None) -> Path:
             last_ckpt = time.time()
     checkpoint(f"final, step {step}")
     info = {"args": vars(a), "unet_steps_done": step, "unet_steps_planned": total,
+            "unet_minutes": (time.time() - t_unet) / 60,
             "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": scale,
             "final_loss": float(np.mean(losses[-200:])) if losses else None}
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
