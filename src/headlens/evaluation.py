@@ -25,71 +25,22 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .scorers import CLIP_MEAN, CLIP_STD, ClipScorer, TorchClipProcessor, clip_preprocess, to_tensor
+
 DISTANCES = ("auto", "lpips", "ssim", "mse")
 
 
-# ---------------------------------------------------------------------------------------------- images
-def to_tensor(image) -> torch.Tensor:
-    """A PIL image, ``HxWx3`` uint8/float array or ``[3, H, W]`` tensor → float ``[3, H, W]`` in [0, 1]."""
-    if torch.is_tensor(image):
-        x = image.detach().float()
-        if x.dim() == 4 and x.shape[0] == 1:
-            x = x[0]
-        if x.dim() == 3 and x.shape[0] not in (1, 3) and x.shape[-1] in (1, 3):
-            x = x.permute(2, 0, 1)
-        return x / 255.0 if x.max() > 1.5 else x
-    import numpy as np
-
-    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    x = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
-    if x.dim() == 2:
-        x = x.unsqueeze(-1).expand(*x.shape, 3)
-    x = x.permute(2, 0, 1)
-    return x / 255.0 if arr.dtype == np.uint8 or x.max() > 1.5 else x
-
-
-def clip_preprocess(images, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """CLIP's preprocessing in torch: shortest side to ``size`` (bicubic, antialiased), centre crop, normalise."""
-    out = []
-    for image in images:
-        x = to_tensor(image)[:3]
-        h, w = x.shape[-2:]
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
-        top, left = (nh - size) // 2, (nw - size) // 2
-        x = x[:, top:top + size, left:left + size].clamp(0, 1)
-        out.append((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))
-    return torch.stack(out)
-
-
 # ---------------------------------------------------------------------------------------------- CLIP
-def _features(out) -> torch.Tensor:
-    """Projected features from ``get_*_features`` (a tensor in transformers 4, an output object in 5)."""
-    if torch.is_tensor(out):
-        return out
-    for name in ("text_embeds", "image_embeds", "pooler_output"):
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
-    raise TypeError(f"cannot read CLIP features from {type(out).__name__}")
-
-
-class CLIPScorer:
-    """CLIP image–text cosine similarity (a text–image scorer)."""
+class CLIPScorer(ClipScorer):
+    """CLIP image–text cosine similarity (a text–image scorer): :class:`~headlens.scorers.ClipScorer` built from objects."""
 
     def __init__(self, model, tokenizer, *, processor=None, image_size: int | None = None,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, device=None,
                  batch_size: int = 16):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.image_size = int(image_size or model.config.vision_config.image_size)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.batch_size = batch_size
+        if processor is None:
+            processor = TorchClipProcessor(int(image_size or model.config.vision_config.image_size), mean, std)
+        device = device if device is not None else next(model.parameters()).device
+        super().__init__(model, tokenizer=tokenizer, image_processor=processor, device=device, batch_size=batch_size)
 
     @classmethod
     def from_pretrained(cls, name: str = "openai/clip-vit-large-patch14", device=None, **kwargs) -> CLIPScorer:
@@ -105,41 +56,6 @@ class CLIPScorer:
         if device is not None:
             model = model.to(device)
         return cls(model, tokenizer, device=device, **kwargs)
-
-    def _pixels(self, images) -> torch.Tensor:
-        if self.processor is not None:
-            return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return clip_preprocess(images, self.image_size, self.mean, self.std)
-
-    @torch.no_grad()
-    def image_embeddings(self, images: Sequence) -> torch.Tensor:
-        """Unit-norm image embeddings ``[N, D]``."""
-        parts = []
-        for i in range(0, len(images), self.batch_size):
-            px = self._pixels(images[i:i + self.batch_size]).to(self.device, next(self.model.parameters()).dtype)
-            parts.append(_features(self.model.get_image_features(pixel_values=px)).float())
-        return F.normalize(torch.cat(parts), dim=-1)
-
-    @torch.no_grad()
-    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm text embeddings ``[N, D]``."""
-        parts = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                 max_length=getattr(self.tokenizer, "model_max_length", 77), return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            parts.append(_features(self.model.get_text_features(**enc)).float())
-        return F.normalize(torch.cat(parts), dim=-1)
-
-    def similarity(self, images: Sequence, texts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity of each image with its text ``[N]``."""
-        if len(images) != len(texts):
-            raise ValueError(f"{len(images)} images but {len(texts)} texts; similarity pairs them one to one")
-        return (self.image_embeddings(images) * self.text_embeddings(texts)).sum(-1).cpu()
-
-    def matrix(self, images: Sequence, texts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity of every image with every text ``[N, M]``."""
-        return (self.image_embeddings(images) @ self.text_embeddings(texts).T).cpu()
 
 
 # ---------------------------------------------------------------------------------------------- distance

@@ -23,9 +23,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_OPENCLIP = "ViT-B-32/openai"
 
 
@@ -48,6 +51,50 @@ def to_pil(image) -> Image.Image:
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
     return Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------- images
+def to_tensor(image) -> torch.Tensor:
+    """A PIL image, ``HxWx3`` uint8/float array or ``[3, H, W]`` tensor → float ``[3, H, W]`` in [0, 1]."""
+    if torch.is_tensor(image):
+        x = image.detach().float()
+        if x.dim() == 4 and x.shape[0] == 1:
+            x = x[0]
+        if x.dim() == 3 and x.shape[0] not in (1, 3) and x.shape[-1] in (1, 3):
+            x = x.permute(2, 0, 1)
+        return x / 255.0 if x.max() > 1.5 else x
+    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    x = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+    if x.dim() == 2:
+        x = x.unsqueeze(-1).expand(*x.shape, 3)
+    x = x.permute(2, 0, 1)
+    return x / 255.0 if arr.dtype == np.uint8 or x.max() > 1.5 else x
+
+
+def clip_preprocess(images, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """CLIP's preprocessing in torch: shortest side to ``size`` (bicubic, antialiased), centre crop, normalise."""
+    out = []
+    for image in images:
+        x = to_tensor(image)[:3]
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = F.interpolate(x[None], size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)[0]
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, top:top + size, left:left + size].clamp(0, 1)
+        out.append((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))
+    return torch.stack(out)
+
+
+class TorchClipProcessor:
+    """CLIP image preprocessing in torch (no torchvision): called like a transformers image processor."""
+
+    def __init__(self, size: int, mean=CLIP_MEAN, std=CLIP_STD):
+        self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
+
+    def __call__(self, images, return_tensors: str = "pt") -> dict:
+        """``{"pixel_values": [N, 3, size, size]}``."""
+        return {"pixel_values": clip_preprocess(images, self.size, self.mean, self.std)}
 
 
 def _check(images: Sequence, targets: Sequence[str]) -> None:
@@ -74,8 +121,10 @@ class ClipScorer:
                                  "(CLIPModel + tokenizer + image processor) or a reachable hub id") from None
         else:
             self.model = model
-        if tokenizer is None or image_processor is None:
-            raise ValueError("ClipScorer with a model object also needs tokenizer= and image_processor=")
+        if tokenizer is None:
+            raise ValueError("ClipScorer with a model object also needs tokenizer=")
+        if image_processor is None:  # CLIP's own preprocessing, done in torch
+            image_processor = TorchClipProcessor(self.model.config.vision_config.image_size)
         self.model = self.model.to(device).eval()
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.device, self.batch_size, self.template = torch.device(device), int(batch_size), template
@@ -100,6 +149,16 @@ class ClipScorer:
             out = self.model.vision_model(pixel_values=pixels.to(self.device, dtype))
             chunks.append(self.model.visual_projection(out.pooler_output).float())
         return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+    def similarity(self, images: Sequence, texts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its text ``[N]`` (paired one to one)."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts; similarity pairs them one to one")
+        return (self.image_embeddings(images) * self.text_embeddings(texts)).sum(-1).cpu()
+
+    def matrix(self, images: Sequence, texts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of every image with every text ``[N, M]``."""
+        return (self.image_embeddings(images) @ self.text_embeddings(texts).T).cpu()
 
     def score(self, images: Sequence, targets: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         """Cosine similarity of image i and the text of targets[i]."""
