@@ -151,3 +151,12 @@ def test_merge_cli(sd_pipe, tmp_path, full):
     errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "twice" in errors[0], bad.stderr
     assert not (tmp_path / "m2" / "hrv.json").exists()
+
+
+def test_merge_never_overwrites_a_run(sd_pipe, tmp_path):
+    for i in range(2):
+        headlens.build(sd_pipe, CONCEPTS, PROMPTS, shard=f"{i}/2", out=tmp_path / f"s{i}", **SETTINGS)
+    before = (tmp_path / "s0" / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(MergeError, match="already holds"):
+        merge_runs([tmp_path / "s0", tmp_path / "s1"], tmp_path / "s0")
+    assert (tmp_path / "s0" / CHECKPOINT_FILE).read_bytes() == before

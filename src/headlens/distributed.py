@@ -251,7 +251,7 @@ def read_run(folder: str | Path) -> RunCounts:
     d = Path(folder)
     if not d.is_dir():
         raise FileNotFoundError(f"{d} is not a folder; give HRV folders or build --out folders to merge")
-    candidates: list[RunCounts] = []
+    candidates: list[tuple[RunCounts, bool]] = []  # (run, is the HRV)
     if (d / META_FILE).is_file() and (d / TENSORS_FILE).is_file():
         from safetensors.torch import load_file
 
@@ -265,7 +265,7 @@ def read_run(folder: str | Path) -> RunCounts:
                         {c["name"]: list(c.get("words", [])) for c in meta["concepts"]}, meta["heads"]["layers"])
         if (d / PROMPT_VOTES_FILE).is_file():
             run.prompt_votes, run.prompt_done, _ = read_prompt_votes(d)
-        candidates.append(run)
+        candidates.append((run, True))
     if (d / CHECKPOINT_FILE).is_file() or (d / CHECKPOINT_META).is_file():
         meta, tensors = read_checkpoint(d)
         if "metadata" not in meta or "heads" not in meta:
@@ -278,10 +278,11 @@ def read_run(folder: str | Path) -> RunCounts:
                             meta["heads"], pv, None, dict(meta.get("extra") or {}))
             if pv is not None:
                 run.prompt_done = _done_mask(run)
-            candidates.append(run)
+            candidates.append((run, False))
     if not candidates:
         raise FileNotFoundError(f"{d} holds neither an HRV (hrv.json) nor a checkpoint; nothing to merge")
-    return max(candidates, key=lambda r: (len(r.batches) if r.batches is not None else -1, r.source.endswith("hrv")))
+    # the newer of the two (a killed resume leaves a checkpoint ahead of an older HRV); the HRV on a tie
+    return max(candidates, key=lambda c: (len(c[0].batches) if c[0].batches is not None else -1, c[1]))[0]
 
 
 def read_prompt_votes(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -340,6 +341,13 @@ def merge_runs(folders: Sequence[str | Path], out: str | Path | None = None, *, 
 
     if len(folders) < 2:
         raise MergeError("give at least two runs to merge")
+    if out is not None:
+        from .building import CHECKPOINT_FILE, CHECKPOINT_META
+        from .hrv import META_FILE
+
+        taken = [n for n in (META_FILE, CHECKPOINT_FILE, CHECKPOINT_META) if (Path(out) / n).exists()]
+        if taken:
+            raise MergeError(f"{out} already holds {', '.join(taken)}; merge into a new folder (nothing is overwritten)")
     runs = [read_run(f) for f in folders]
     first = runs[0]
     for r in runs:
