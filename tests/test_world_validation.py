@@ -15,6 +15,7 @@ from headlens.validation import (
     edit_pairs,
     polysemy_prompts,
     random_init_control,
+    render_from_json,
     run_report,
     two_object_prompts,
 )
@@ -126,6 +127,27 @@ def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path):
                 walk(v)
     walk(data)
     assert r["hrv"]["num_heads"] == 22
+    assert not (out / ".partial").exists()  # kept only until the report is written
+    md_again = render_from_json(out, tmp_path / "again.md").read_text()
+    assert md_again == md  # same folder: identical
+
+
+def test_interrupted_report_resumes_finished_sections(sd_pipe, tmp_path, monkeypatch):
+    import headlens.validation.world_report as wr
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    cfg = ReportConfig.quick()
+    cfg.weaken, cfg.effects = {"Color": 2}, {"Color": 1}
+    with monkeypatch.context() as m:
+        m.setattr(wr, "ae_section", boom)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run_report(sd_pipe, StubReader(), tmp_path / "r", config=cfg, log=None)
+    assert (tmp_path / "r" / ".partial" / "p2p.json").exists()
+    r = run_report(sd_pipe, StubReader(), tmp_path / "r", config=cfg, log=None, resume=True)
+    assert r["resumed_sections"] == sorted(["hrv", "attention_mass", "weakening", "effects", "polysemy", "p2p"])
+    assert "ae" in r and (tmp_path / "r.md").exists()
 
 
 @pytest.mark.skipif(not (model_path() / "model_index.json").exists(),

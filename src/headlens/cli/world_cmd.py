@@ -23,13 +23,20 @@ def report_command(
     model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled model) or a local pipeline folder with the world's vocabulary."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads. 1 (default) is bit-reproducible and fastest on a busy shared machine; 0 = torch's default."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
+    render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
 ) -> None:
     """Validate the world model's HRVs against ground truth: control, weakening, single heads, polysemy, P2P, A&E."""
     import torch
 
     from headlens import world
-    from headlens.validation import ReportConfig, run_report
+    from headlens.validation import ReportConfig, render_from_json, run_report
 
+    if render_only:
+        if not (out / "report.json").exists():
+            raise UserError(f"no report.json in {out}; run `headlens world report --out {out}` first")
+        echo(f"wrote {render_from_json(out, markdown)}")
+        return
     if threads:
         torch.set_num_threads(threads)
     folder = None if model in ("world", "default") else Path(model)
@@ -45,4 +52,4 @@ def report_command(
     cfg = ReportConfig.quick() if quick else ReportConfig()
     cfg.seed = seed
     name = "bundled world model" if folder is None else f"world model at {folder}"
-    run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name)
+    run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)

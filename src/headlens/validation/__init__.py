@@ -9,6 +9,7 @@ from .world_report import (
     edit_pairs,
     polysemy_prompts,
     random_init_control,
+    render_from_json,
     run_report,
     two_object_prompts,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "edit_pairs",
     "polysemy_prompts",
     "random_init_control",
+    "render_from_json",
     "run_report",
     "two_object_prompts",
 ]

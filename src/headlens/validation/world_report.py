@@ -795,15 +795,19 @@ def attention_mass(pipe, prompts: Sequence[str], settings) -> dict:
 # ---------------------------------------------------------------------------------------------- the report
 def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = None, control=None,
                markdown: str | Path | None = None, log: Callable[[str], None] | None = print,
-               model_name: str = "bundled world model") -> dict:
+               model_name: str = "bundled world model", resume: bool = False) -> dict:
     """Run every section on ``pipe`` and write ``out/report.json``, PNGs and the Markdown report.
 
     ``reader``: ground truth from pixels (``score(image)``, ``score_objects(image)``; the world's
     :class:`~headlens.world.Scorer`). ``control``: the random-init control pipeline (default:
     :func:`random_init_control` of ``pipe``). ``markdown``: default ``<out>.md`` beside the folder.
+    Each finished section is kept in ``out/.partial/`` until the report is written; ``resume=True``
+    reuses those of an interrupted run with the same model and configuration.
     """
     from ..analysis.common import GenerationSettings
     from ..concepts import ConceptSet
+    from ..hrv import HRV
+    from ..world import default_prompts
 
     cfg = config or ReportConfig()
     out = Path(out)
@@ -811,53 +815,114 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     md_path = Path(markdown) if markdown is not None else out.with_suffix(".md")
     say = _Log(log)
     t_start = time.time()
-    timings: dict = {}
+    partial = _Partial(out / ".partial", _fingerprint(pipe, cfg, model_name), resume)
     old = use_scheduler(pipe, cfg.scheduler)
     control = control if control is not None else random_init_control(pipe, cfg.control_seed)
     old_c = use_scheduler(control, cfg.scheduler)
     settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                   batch_size=cfg.batch_size)
-    from ..world import default_prompts
-
     report: dict = {"model": model_name, "config": _jsonable(asdict(cfg)),
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "processor": platform.machine()}}
+    timings: dict = {}
     try:
-        concepts = ConceptSet.load("world")
-        prompts = default_prompts(cfg.hrv_prompts)
-        t = time.time()
-        trained = build_hrvs(pipe, prompts, cfg, concepts)
-        ctrl = build_hrvs(control, prompts, cfg, concepts)
-        hrv, control_hrv = trained[0], ctrl[0]
-        hrv.save(out / "hrv")
-        control_hrv.save(out / "hrv-control")
-        report["hrv"] = hrv_section(trained, ctrl, cfg, out, _latent_size(pipe))
-        timings["hrv"] = time.time() - t
-        say(f"HRVs built: concentration trained {fmt(report['hrv']['trained']['concentration'])}, control "
-            f"{fmt(report['hrv']['control']['concentration'])} ({timings['hrv']:.0f}s)")
-        t = time.time()
-        report["attention_mass"] = attention_mass(pipe, [p for p, _ in attribute_prompts("Color", cfg.mass_items,
-                                                                                           cfg.seed + 5)], settings)
-        timings["attention_mass"] = time.time() - t
-        steps = [("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out)),
+        if partial.has("hrv"):
+            report["hrv"], timings["hrv"] = partial.get("hrv")
+            hrv, control_hrv = HRV.load(out / "hrv", pipe), HRV.load(out / "hrv-control", control)
+            say("HRVs: reused from an interrupted run")
+        else:
+            t = time.time()
+            concepts = ConceptSet.load("world")
+            prompts = default_prompts(cfg.hrv_prompts)
+            trained = build_hrvs(pipe, prompts, cfg, concepts)
+            ctrl = build_hrvs(control, prompts, cfg, concepts)
+            hrv, control_hrv = trained[0], ctrl[0]
+            hrv.save(out / "hrv")
+            control_hrv.save(out / "hrv-control")
+            report["hrv"] = _jsonable(hrv_section(trained, ctrl, cfg, out, _latent_size(pipe)))
+            timings["hrv"] = time.time() - t
+            partial.put("hrv", report["hrv"], timings["hrv"])
+            say(f"HRVs built: concentration trained {fmt(report['hrv']['trained']['concentration'])}, control "
+                f"{fmt(report['hrv']['control']['concentration'])} ({timings['hrv']:.0f}s)")
+        mass_prompts = [p for p, _ in attribute_prompts("Color", cfg.mass_items, cfg.seed + 5)]
+        steps = [("attention_mass", lambda: attention_mass(pipe, mass_prompts, settings)),
+                 ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out)),
                  ("polysemy", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
         for name, fn in steps:
+            if partial.has(name):
+                report[name], timings[name] = partial.get(name)
+                say(f"{name}: reused from an interrupted run")
+                continue
             t = time.time()
-            report[name] = fn()
+            report[name] = _jsonable(fn())
             timings[name] = time.time() - t
+            partial.put(name, report[name], timings[name])
             say(f"{name} done in {timings[name]:.0f}s")
     finally:
         pipe.scheduler = old
         control.scheduler = old_c
-    timings["total"] = time.time() - t_start
+    timings["total"] = (time.time() - t_start) + sum(v for k, v in timings.items() if k in partial.reused)
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    report["resumed_sections"] = sorted(partial.reused)
     (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
     md_path.write_text(render_markdown(report, out, md_path), encoding="utf-8")
+    partial.clear()
     say(f"report written: {md_path} and {out / 'report.json'} ({timings['total']:.0f}s)")
     return report
+
+
+def render_from_json(out: str | Path, markdown: str | Path | None = None) -> Path:
+    """Re-write the Markdown of a finished run from its ``report.json`` (no generation)."""
+    out = Path(out)
+    md_path = Path(markdown) if markdown is not None else out.with_suffix(".md")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    md_path.write_text(render_markdown(report, out, md_path), encoding="utf-8")
+    return md_path
+
+
+def _fingerprint(pipe, cfg: ReportConfig, model_name: str) -> str:
+    """What a cached section depends on: configuration, model name and the weights (a cheap checksum)."""
+    import hashlib
+
+    with torch.no_grad():
+        weights = [float(sum(p.double().sum() for p in m.parameters())) for m in (pipe.unet, pipe.text_encoder)]
+    text = json.dumps({"config": _jsonable(asdict(cfg)), "model": model_name, "weights": weights}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Partial:
+    """Finished sections of a run, kept as JSON files until the whole report is written."""
+
+    def __init__(self, folder: Path, key: str, resume: bool):
+        self.folder, self.key, self.reused = folder, key, set()
+        if not resume and folder.exists():
+            self.clear()
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def has(self, name: str) -> bool:
+        p = self._path(name)
+        return p.exists() and json.loads(p.read_text(encoding="utf-8")).get("key") == self.key
+
+    def get(self, name: str) -> tuple[dict, float]:
+        data = json.loads(self._path(name).read_text(encoding="utf-8"))
+        self.reused.add(name)
+        return data["result"], float(data["seconds"])
+
+    def put(self, name: str, result: dict, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "seconds": seconds, "result": _jsonable(result)}), encoding="utf-8")
+        tmp.replace(self._path(name))
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _latent_size(pipe) -> int:
@@ -890,4 +955,5 @@ def render_markdown(r: dict, out: Path, md_path: Path) -> str:
 
 
 __all__ = ["CONCEPTS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "edit_pairs",
-           "mean_ci", "polysemy_prompts", "random_init_control", "run_report", "two_object_prompts", "vote_stats"]
+           "mean_ci", "polysemy_prompts", "random_init_control", "render_from_json", "run_report", "two_object_prompts",
+           "vote_stats"]
