@@ -230,10 +230,13 @@ class VoteCapture(Plugin):
                 step = min(call.step, plan["index"].shape[0] - 1)
                 index = plan["index"][step, layer.index]  # [B, M]
                 k = keys[:, index].permute(1, 0, 2, 3)  # [B, h, M, d]
-                weights = plan["inv_len"][step, layer.index].unsqueeze(-1) * plan["onehot"]  # [B, M, C]
-                # an all-real-token mask would be a no-op masked_fill: skip it
-                mask = plan["mask"][step, layer.index] if self._padded[step][layer.index] else None
-                scores = concept_scores(q, k, weights, attn.scale, mask)
+                # votes.concept_scores, op for op (bmm is what its einsum runs), with the per-step weights
+                # computed once for all layers and a masked_fill only where a slot is padding
+                logits = torch.matmul(q, k.transpose(-1, -2)).float() * attn.scale  # [B, h, P, M]
+                if self._padded[step][layer.index]:
+                    logits = logits.masked_fill(~plan["mask"][step, layer.index][:, None, None, :], float("-inf"))
+                probs = logits.softmax(dim=-1).mean(dim=2)  # [B, h, M]
+                scores = torch.bmm(probs, self._step_weights(step)[layer.index].to(probs.dtype))  # [B, h, C]
             else:
                 if self._all_weights is None:
                     self._all_weights = self._all_words_weights().to(q.device)
@@ -241,6 +244,15 @@ class VoteCapture(Plugin):
                 w = self._all_weights if self.start_token else self._all_weights[:-1]
                 scores = concept_scores(q, k.unsqueeze(0).expand(q.shape[0], -1, -1, -1), w, attn.scale)
             self._record(call.step, layer, scores)
+
+    def _step_weights(self, step: int) -> torch.Tensor:
+        """``[L, B, M, C]`` token weights (1/word length on a concept's slots) of one step, cached per step."""
+        cache = self._plan.setdefault("weights", {})
+        w = cache.get(step)
+        if w is None:
+            cache.clear()  # steps come in order: keep one
+            w = cache[step] = self._plan["inv_len"][step].unsqueeze(-1) * self._plan["onehot"]
+        return w
 
     def _record(self, step: int, layer: Layer, scores: torch.Tensor) -> None:
         """Store the winners of one call (counted at the end of the batch)."""
