@@ -324,11 +324,15 @@ def _interpretation(r: dict) -> str:
             ends.append(f"{concept} {_pct(c['tokens']['words']['all_heads']['mean'])} (words) vs "
                         f"{_pct(c['tokens']['words+end']['all_heads']['mean'])} (words+end)")
     if ends:
+        closes = [k for k, c in w["concepts"].items() if {"words", "words+end"} <= set(c["tokens"])
+                  and c["tokens"]["words+end"]["all_heads"]["high"] < c["tokens"]["words"]["all_heads"]["low"]]
         L.append("")
         L.append("With *all* heads weakened the accuracy left is " + "; ".join(ends) + ". What survives weakening "
-                 "of every word column reaches the image through the start and end/padding tokens: the causal text "
-                 "encoder copies the caption into the end token and the padding after it, so `words` weakening "
-                 "leaves a second route open and flattens every curve; `words+end` closes it.")
+                 "of every word column can only reach the image through the start and end/padding tokens (the "
+                 "causal text encoder copies the caption into the end token and the padding after it). "
+                 + (f"Closing that route too (`words+end`) removes clearly more for {', '.join(closes)} (intervals "
+                    "apart): `words` weakening leaves a second route open, which flattens its curves."
+                    if closes else "Closing that route too (`words+end`) does not remove clearly more at this n."))
     L.append("")
     rhos = [f"{k} {_f(c['spearman'])} (control HRV {_f(c['spearman_control_hrv'])})" for k, c in e["concepts"].items()]
     L.append("**Single heads.** Spearman(causal effect, HRV): " + "; ".join(rhos) + ". " + " ".join(
@@ -346,7 +350,7 @@ def _interpretation(r: dict) -> str:
         f"{name}: colour sense {_f(p['conditions'][name]['colour_sense'], True)}, change vs plain {_f(v, True)}"
         for name, v in d.items()) + f" (plain: {_f(p['conditions']['plain']['colour_sense'], True)}).")
     L.append("")
-    L.append("**Why effects on this model can be small.** (1) 56 heads at three resolutions and one object (or two) "
+    L.append(f"**Why effects on this model can be small.** (1) {h['num_heads']} heads and one object (or two) "
              "per image: a few heads per layer can carry an attribute, and the rest of the UNet (self-attention, "
              "residual paths) recovers it from what the other heads still read. (2) The end/padding route above. "
              "(3) The model is small and briefly trained on CPU (see docs/world.md): its heads may not have "

@@ -59,6 +59,7 @@ class ReportConfig:
     ks: tuple[int, ...] = (0, 3, 8, 16, 32)  # H (all heads) is always added
     random_groups: int = 5  # random-order control: items split in groups, one random head order per group
     token_sets: tuple[str, ...] = ("words", "words+end")
+    weaken_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-concept override of token_sets
     effects: dict[str, int] = field(default_factory=lambda: {"Color": 40, "Shape": 40})
     effects_seeds: tuple[int, ...] = (10, 20, 30, 40)
     effects_tokens: str = "words+end"
@@ -471,8 +472,9 @@ def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: 
         pairs = attribute_prompts(concept, n_prompts, cfg.seed)
         scorer = WorldScorer(concept, reader=reader)
         t0 = time.time()
+        token_sets = list(cfg.weaken_tokens.get(concept, cfg.token_sets))
         r = ordered_weakening(pipe, hrv, concept, prompts=pairs, seeds=cfg.weaken_seeds, ks=ks, scorer=scorer,
-                              out=None, tokens=list(cfg.token_sets), random_draws=0, settings=settings,
+                              out=None, tokens=token_sets, random_draws=0, settings=settings,
                               n_boot=cfg.n_boot, progress=False)
         items = r.items
         images = r.generations
@@ -480,7 +482,7 @@ def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: 
         vocab = _vocab()[0]
         c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(cfg.weaken_seeds), "tokens": {},
                        "chance": 1.0 / len(vocab.VOCABULARY[concept])}
-        for tok in cfg.token_sets:
+        for tok in token_sets:
             mor = r.curve("morhf", tok).per_item
             ler = r.curve("lerhf", tok).per_item
             rnd = random_curve(pipe, items, ks, tok, settings, scorer, H, cfg.random_groups, cfg.seed)
@@ -526,7 +528,6 @@ def _rho_ci(effects, samples: np.ndarray, values, n: int) -> dict:
 def _plot_weakening(res: dict, path: Path) -> str:
     plt = _plt()
     concepts = list(res["concepts"])
-    toks = res["token_sets"]
     ncol = min(3, max(1, len(concepts)))
     nrow = -(-len(concepts) // ncol) if concepts else 1
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 2.9 * nrow), squeeze=False)
@@ -535,7 +536,7 @@ def _plot_weakening(res: dict, path: Path) -> str:
     ks = res["ks"]
     for ax, concept in zip(axes.flat, concepts):
         c = res["concepts"][concept]
-        for tok in toks:
+        for tok in c["tokens"]:
             style = "-" if tok == "words" else "--"
             for order, cur in c["tokens"][tok]["curves"].items():
                 ax.plot(ks, cur["mean"], style, marker="o", ms=2.5, color=colors[order],
