@@ -1,7 +1,15 @@
 """Sharded builds lose nothing either: SIGKILL a 2-process torchrun mid-run, resume, get the exact counts."""
 
 import torch
-from test_scale_helpers import build_args, kill_tree, reference_votes, run_cli, start_cli, wait_for_checkpoint
+from test_scale_helpers import (
+    build_args,
+    cli_in_process,
+    kill_tree,
+    reference_votes,
+    run_cli,
+    start_cli,
+    wait_for_checkpoint,
+)
 
 from headlens.building import read_checkpoint
 from headlens.hrv import HRV
@@ -31,10 +39,10 @@ def test_sigkill_torchrun_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert hrv.metadata["batches_done"] == [[0, limit // bs]]
 
 
-def test_torchrun_refuses_a_mismatched_checkpoint_on_every_rank(tmp_path):
+def test_torchrun_refuses_a_mismatched_checkpoint_on_every_rank(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    first = run_cli(build_args(out, 4, 2, 2))
-    assert first.returncode == 0, first.stderr
+    rc, err = cli_in_process(build_args(out, 4, 2, 2), monkeypatch, capsys)
+    assert rc == 0, err
     r = run_cli(build_args(out, 4, 3, 2, "--resume"), torchrun=2, timeout=240)  # other --steps
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_scale_helpers import build_args, kill_tree, reference_votes, run_cli, start_cli, wait_for_checkpoint
+from test_scale_helpers import (
+    build_args,
+    cli_in_process,
+    kill_tree,
+    reference_votes,
+    run_cli,
+    start_cli,
+    wait_for_checkpoint,
+)
 
 import headlens
 from headlens.building import (
@@ -38,10 +46,6 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     meta, _ = read_checkpoint(out)
     assert 2 <= len(meta["batches_done"]) < limit // bs, "the kill must land mid-run"
     assert not (out / "hrv.json").exists()
-
-    # a plain re-run refuses to overwrite the interrupted run's work
-    again = run_cli(build_args(out, limit, steps, bs, "--checkpoint-every", 4))
-    assert again.returncode == 2 and "--resume" in again.stderr
 
     resumed = run_cli(build_args(out, limit, steps, bs, "--checkpoint-every", 4, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
@@ -141,20 +145,33 @@ def test_per_prompt_resume_needs_a_per_prompt_checkpoint(sd_pipe, tmp_path):
                        resume=True, per_prompt=True)
 
 
-def test_cli_refuses_truncated_checkpoint_with_one_line(tmp_path):
+def test_cli_refuses_damaged_or_foreign_checkpoint_with_one_line(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    first = run_cli(build_args(out, 4, 2, 2))
-    assert first.returncode == 0, first.stderr
+    rc, err = cli_in_process(build_args(out, 4, 2, 2), monkeypatch, capsys)
+    assert rc == 0, err
+    rc, err = cli_in_process(build_args(out, 4, 2, 2), monkeypatch, capsys)
+    assert "--resume" in _one_error_line(rc, err)  # never overwrites a run's work without being asked
     tf = out / CHECKPOINT_FILE
-    tf.write_bytes(tf.read_bytes()[:100])
-    r = run_cli(build_args(out, 4, 2, 2, "--resume"))
-    err = _error_line(r)
-    assert err.startswith("error: checkpoint in") and "unreadable" in err
-    other = run_cli(build_args(tmp_path / "other", 4, 2, 2))
-    assert other.returncode == 0
-    shutil.copy(tmp_path / "other" / CHECKPOINT_FILE, tf)
-    r = run_cli(build_args(out, 4, 3, 2, "--resume"))  # other --steps
-    assert "differs in: settings" in _error_line(r)
+    intact = tf.read_bytes()
+    tf.write_bytes(intact[:100])
+    rc, err = cli_in_process(build_args(out, 4, 2, 2, "--resume"), monkeypatch, capsys)
+    line = _one_error_line(rc, err)
+    assert line.startswith("error: checkpoint in") and "unreadable" in line
+    tf.write_bytes(intact)
+    rc, err = cli_in_process(build_args(out, 4, 3, 2, "--resume"), monkeypatch, capsys)  # other --steps
+    assert "differs in: settings" in _one_error_line(rc, err)
+    rc, err = cli_in_process(build_args(out, 5, 2, 2, "--resume"), monkeypatch, capsys)  # other --limit
+    assert "differs in: num_prompts, prompts" in _one_error_line(rc, err)
+    assert tf.read_bytes() == intact
+
+
+def _one_error_line(rc: int, err: str) -> str:
+    """The one `error:` line a failed CLI run ends with (exit code 2, no traceback)."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and lines[-1] == errors[0], err
+    assert "Traceback" not in err
+    return errors[0]
 
 
 def _error_line(r) -> str:
@@ -250,6 +267,6 @@ def test_output_estimate_counts_the_per_prompt_store(sd_pipe, tmp_path, monkeypa
 
 
 def test_cli_disk_full_threshold_fails_before_loading(tmp_path):
-    r = run_cli(build_args(tmp_path / "o", 4, 2, 2, "--min-free-mb", 10**12))
+    r = run_cli(build_args(tmp_path / "o", 4, 2, 2, "--min-free-mb", 10**12))  # a real process: nothing loaded
     assert "MB free" in _error_line(r)
     assert "model tiny" not in r.stderr  # nothing was loaded

@@ -103,3 +103,14 @@ def reference_votes(limit: int, steps: int, batch_size: int, **kwargs) -> torch.
     prompts = headlens.load_prompts("default")[:limit]
     return headlens.build(tiny_sd_pipeline(), "default", prompts, num_inference_steps=steps, batch_size=batch_size,
                           **kwargs).votes
+
+
+def cli_in_process(args, monkeypatch, capsys) -> tuple[int, str]:
+    """Run the `headlens` CLI in this process (as its console entry point does); (exit code, stderr)."""
+    from headlens.cli import app
+    from headlens.cli.common import run_app
+
+    monkeypatch.setattr(sys, "argv", ["headlens", *[str(a) for a in args]])
+    capsys.readouterr()
+    rc = run_app(app)
+    return rc, capsys.readouterr().err
