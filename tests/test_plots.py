@@ -344,3 +344,32 @@ def test_128_heads_label_every_layer():
     assert [t.get_text() for t in ax.get_yticklabels()] == names
     texts = [t.get_text() for t in fig.axes[1].texts]
     assert texts.count("64×64") == 2 and texts.count("8×8") == 1
+
+
+def test_model_names_in_titles_are_short():
+    from headlens.world import model_path
+
+    assert plots.display_model_name("CompVis/stable-diffusion-v1-4") == "CompVis/stable-diffusion-v1-4"
+    assert plots.display_model_name("/data/models/sd15") == "models/sd15"
+    assert plots.display_model_name(str(model_path())) == "headlens world model"
+    assert plots.display_model_name(None) == "unknown model"
+    hrv = random_hrv(sd14_layout(), ["A", "B"], metadata={"model": "/very/long/path/to/my-model"})
+    assert "to/my-model (128 heads" in plots.plot_heatmap(hrv).get_suptitle()
+
+
+def test_top_head_labels_do_not_collide():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    heads = sd14_layout()
+    m = torch.ones(1, len(heads))
+    m[0, 60:63] = torch.tensor([5.0, 4.9, 4.8])  # three neighbours on top, nearly equal
+    hrv = HRV.from_matrix(m * len(heads) / m.sum(), heads, ["Color"])
+    fig = plots.plot_concept_bars(hrv, "Color", top=3)
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    notes = [t for t in ax.texts if t.get_text().startswith("up0.")]
+    assert sorted(t.get_text() for t in notes) == sorted(heads[i].short_name for i in (60, 61, 62))
+    boxes = [t.get_window_extent(r) for t in notes]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))

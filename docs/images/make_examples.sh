@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the example pictures of docs/plots.md from the bundled world model (CPU, a few minutes).
+# Regenerate the example pictures of docs/plots.md from the bundled world model (CPU, ~10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HRV=${HRV:-/tmp/hrv-world}
@@ -16,4 +16,18 @@ cp /tmp/hrv-world-plots/timesteps/color.png "$OUT/timesteps_color.png"
 cp /tmp/hrv-world-plots/timesteps.png "$OUT/timesteps.png"
 cp /tmp/hrv-world-plots/similarity.png "$OUT/similarity.png"
 cp /tmp/hrv-world-maps/maps.png "$OUT/maps.png"
-ls -l "$OUT"/*.png
+# keep every picture under 300 KB: palette PNGs for the big ones
+.venv/bin/python - "$OUT" <<'PY'
+import sys
+from pathlib import Path
+from PIL import Image
+for p in sorted(Path(sys.argv[1]).glob("*.png")):
+    if p.stat().st_size > 250_000:
+        Image.open(p).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(p, optimize=True)
+    print(f"{p}: {p.stat().st_size // 1024} KB")
+PY
+# report.png (optional, needs chromium):
+#   .venv/bin/headlens report "$HRV" --latent-size 16 --out /tmp/world-report.html
+#   chromium --headless --no-sandbox --hide-scrollbars --window-size=1100,1500 \
+#       --screenshot=/tmp/world-report.png file:///tmp/world-report.html
+#   then resize to 880×1200 and palette-quantise as above

@@ -259,7 +259,9 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
         cb.ax.tick_params(labelsize=6)
     which = (f"top {len(chosen)} heads for {hrv.concepts[hrv.concept_index(concept)]}" if values is not None
              else "chosen heads" if heads is not None else f"{len(chosen)} heads most attentive to the word")
-    model = result.metadata.get("model", "")
+    from .plots import display_model_name
+
+    model = display_model_name(result.metadata.get("model"))
     fig.suptitle(f"\u201c{result.word}\u201d in \u201c{result.prompt}\u201d — {which}\n{model}, seed {result.seed}, "
                  f"{result.evaluations} UNet evaluations", fontsize=9, y=1 - 0.08 / (cell * nrows + 1.0), va="top")
     return fig

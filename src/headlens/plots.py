@@ -199,8 +199,24 @@ def _draw_band(band_ax, heads: HeadIndex, latent_size, px_per_head: float, fonts
     band_ax.text(-0.5, 1.5, "place ", ha="right", va="center", fontsize=fontsize, color="#333333")
 
 
+def display_model_name(name) -> str:
+    """A model name short enough for a title: hub ids as they are, local folders by their last two parts."""
+    s = str(name or "unknown model")
+    if not s.startswith(("/", ".", "~")) and "\\" not in s:
+        return s
+    p = Path(s).expanduser()
+    try:
+        from .world import model_path
+
+        if p.resolve() == model_path().resolve():
+            return "headlens world model"
+    except (ImportError, OSError):
+        pass
+    return "/".join(p.parts[-2:]) if len(p.parts) > 1 else s
+
+
 def _model_name(hrv: HRV) -> str:
-    return str(hrv.metadata.get("model") or "unknown model")
+    return display_model_name(hrv.metadata.get("model"))
 
 
 def _robust_vmax(values: np.ndarray) -> float:
@@ -275,10 +291,28 @@ def _head_panel(fig, rect, heads: HeadIndex, values: np.ndarray, *, latent_size,
                 ax.stairs(values[lo:hi], np.arange(lo, hi + 1) - 0.5, fill=True, color=PLACE_COLORS[place], lw=0)
     ax.axhline(1.0, color="#555555", lw=0.8, ls="--", zorder=6)
     ymax = float(np.nanmax(values)) if values.size else 1.0
-    ax.set_ylim(0, max(ymax * 1.18, 1.5))
-    for rank, i in enumerate(np.argsort(-values, kind="stable")[:top]):
-        ax.annotate(heads[int(i)].short_name, (int(i), float(values[i])), xytext=(0, 2), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=6.5, rotation=0, zorder=7,
+    ax.set_ylim(0, max(ymax * 1.3, 1.5))
+    # name the top heads; a label that would cover an earlier one moves up a line (and the axis grows to fit)
+    order = [int(i) for i in np.argsort(-values, kind="stable")[:top]]
+    pt_x = w * fig.get_figwidth() * 72 / max(n, 1)  # points per head
+    ax_pt = ax.get_position().height * fig.get_figheight() * 72
+    for attempt in range(5):
+        pt_y = ax_pt / ax.get_ylim()[1]  # points per HRV unit
+        boxes: list[tuple[float, float, float]] = []  # (centre x, half width, bottom y) in points
+        for i in order:
+            x, half, y0 = i * pt_x, len(heads[i].short_name) * 6.5 * 0.31 + 1.5, float(values[i]) * pt_y + 2
+            lift = 0.0
+            while any(abs(x - cx) < half + ch and abs(y0 + lift - cy) < 8.5 for cx, ch, cy in boxes):
+                lift += 9
+            boxes.append((x, half, y0 + lift))
+        top_pt = max((b[2] + 10 for b in boxes), default=0.0)
+        if top_pt <= ax_pt or attempt == 4:
+            break
+        ax.set_ylim(0, ax.get_ylim()[1] * top_pt / ax_pt * 1.03)
+    for i, (_, _, y) in zip(order, boxes):
+        lift = y - float(values[i]) * pt_y - 2
+        ax.annotate(heads[i].short_name, (i, float(values[i])), xytext=(0, 2 + lift), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=6.5, zorder=7,
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
     ax.set_ylabel("HRV", fontsize=8)
     ax.tick_params(axis="y", labelsize=7)

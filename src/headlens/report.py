@@ -262,12 +262,13 @@ def build_report(hrv_dir: str | Path, out: str | Path | None = None, *, k: int =
     if regenerate or not (pdir / plots.HEATMAP_FILE).is_file():
         plots.save_all(hrv, pdir, concepts=names, k=k, latent_size=ls)
 
-    model = str(hrv.metadata.get("model") or "unknown model")
+    model = plots.display_model_name(hrv.metadata.get("model"))
     sections: list[tuple[str, str]] = []
 
     # summary
     T = int(hrv.votes.shape[0]) if hrv.votes is not None else 0
-    facts = [("model", model), ("heads", len(hrv.heads)), ("cross-attention layers", len(hrv.heads.layers)),
+    full = str(hrv.metadata.get("model") or "")
+    facts = [("model", model if full in ("", model) else f"{model} ({full})"), ("heads", len(hrv.heads)), ("cross-attention layers", len(hrv.heads.layers)),
              ("concepts", len(hrv.concepts)), ("UNet evaluations with votes", T or "— (imported matrix)"),
              ("total votes", int(hrv.votes.sum()) if hrv.votes is not None else "—"),
              ("latent size", f"{ls[0]}×{ls[1]}" if ls else "unknown (resolutions shown relative to the latent)"),
