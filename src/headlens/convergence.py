@@ -255,7 +255,7 @@ def plot_stability(rows: list[dict], path: str | Path, top: int = 10, title: str
                            (axes[1], "top_overlap", f"top-{top} overlap with final")):
         for c in concepts:
             ys = [r[key] for r in rows if r["concept"] == c]
-            ax.plot(ns, ys, lw=0.8, alpha=0.45)
+            ax.plot(ns, ys, lw=0.9, alpha=0.6, label=c if len(concepts) <= 12 else None)
         med = [float(torch.tensor([r[key] for r in rows if r["prompts"] == n]).nanmedian()) for n in ns]
         ax.plot(ns, med, color="black", lw=2.2, label="median over concepts")
         ax.set_xscale("log")
@@ -263,7 +263,7 @@ def plot_stability(rows: list[dict], path: str | Path, top: int = 10, title: str
         ax.set_ylabel(label)
         ax.set_ylim(-0.05 if key == "top_overlap" else None, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=7, ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -296,7 +296,9 @@ def convergence_report(hrv_dir: str | Path, out: str | Path, *, num_boot: int = 
         w = csv.DictWriter(f, fieldnames=["prompts", "concept", "spearman", "top_overlap"])
         w.writeheader()
         w.writerows(rows)
-    plot_stability(rows, o / "stability.png", top, f"{hrv.metadata.get('model', '')}: HRV rank stability ({n} prompts)")
+    model = str(hrv.metadata.get("model", ""))
+    model = Path(model).name if "/" in model and Path(model).exists() else model
+    plot_stability(rows, o / "stability.png", top, f"{model}: HRV rank stability ({n} prompts)")
     ci = bootstrap_ci(pv, num_boot, level, seed, done)
     with open(o / "intervals.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
