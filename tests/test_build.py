@@ -208,3 +208,4 @@ def test_scheduler_option_counts_unet_evaluations(sd_pipe):
     pndm.set_timesteps(4)
     assert hrv.votes.shape[0] == len(pndm.timesteps)
     assert hrv.metadata["scheduler"] == "PNDMScheduler"
+    assert hrv.metadata["latent_size"] == [8, 8] and hrv.metadata["vae_scale_factor"] == 2  # 16 px images

@@ -180,6 +180,8 @@ class HRVBuilder:
             "scheduler": getattr(self, "scheduler_name", type(self.pipe.scheduler).__name__), "guidance_scale": s.guidance_scale, "seed": s.seed,
             "batch_size": s.batch_size, "variant": s.variant, "start_token": s.start_token,
             "height": s.height, "width": s.width, "negative_prompt": s.negative_prompt,
+            "vae_scale_factor": int(getattr(self.pipe, "vae_scale_factor", 8)),
+            "latent_size": _latent_size(self.pipe, s),
             "dtype": str(self.pipe.unet.dtype).replace("torch.", ""), "headlens_version": __version__,
             "num_batches": self.num_batches, "batches_done": batch_ranges(self.batches_done),
             "build_fingerprint": self.fingerprint(), "per_prompt": self.prompt_votes is not None,
@@ -475,6 +477,13 @@ def output_bytes(num_evals: int, num_heads: int, num_concepts: int, num_prompts:
     counts = num_evals * num_heads * num_concepts * 8 + num_heads * num_concepts * 4
     prompts = num_prompts * num_heads * num_concepts * 2 if per_prompt else 0
     return 2 * (2 * counts + 2 * prompts) + 64 * 1024
+
+
+def _latent_size(pipe, s: BuildSettings) -> list[int]:
+    """(height, width) of the latent the UNet saw."""
+    factor = int(getattr(pipe, "vae_scale_factor", 8))
+    default = int(pipe.unet.config.sample_size) * factor
+    return [(s.height or default) // factor, (s.width or default) // factor]
 
 
 def _progress_bar(total: int):
