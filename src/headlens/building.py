@@ -106,6 +106,12 @@ def model_name(pipe) -> str:
     return type(pipe).__name__
 
 
+def _portable_name(name: str) -> str:
+    """A local model folder by its last part (the same model copied elsewhere stays the same run); hub ids as is."""
+    p = Path(name)
+    return p.name if p.is_absolute() or p.exists() else name
+
+
 def weights_fingerprint(pipe) -> str:
     """Short hash of a sample of every UNet and text-encoder parameter (tells same-shaped models apart)."""
     import hashlib
@@ -163,7 +169,7 @@ class HRVBuilder:
         if getattr(self, "_weights", None) is None:
             self._weights = weights_fingerprint(self.pipe)
         return {
-            "model": model_name(self.pipe), "weights": self._weights, "heads": self.heads.fingerprint,
+            "model": _portable_name(model_name(self.pipe)), "weights": self._weights, "heads": self.heads.fingerprint,
             "concepts": self.concepts.fingerprint, "prompts": prompts_fingerprint(self.prompts),
             "num_prompts": len(self.prompts), "settings": asdict(self.settings),
         }
