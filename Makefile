@@ -20,6 +20,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+bench: setup
+	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_batching.py
+	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_convergence.py
+
 lint: setup
 	$(VENV)/bin/ruff check src tests
 
