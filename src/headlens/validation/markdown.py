@@ -101,6 +101,10 @@ def _summary(r: dict) -> str:
     for name in ("SD", "A&E", "A&E-HRV"):
         m = x["methods"][name]
         L.append(f"| two objects, {name}: an object missing | {_f(m['object_missing'], True)} | {x['items']} |")
+    L.append("")
+    L.append("**Verdict.**")
+    L.append("")
+    L += [f"- {v}" for v in _verdicts(r)]
     return "\n".join(L) + "\n"
 
 
@@ -127,11 +131,19 @@ def _hrv(r: dict, out: Path, md: Path) -> str:
     L.append(f"- Mean absolute difference between the trained and the control HRV matrices: "
              f"{h['trained_vs_control_mean_abs_diff']:.3f} (HRV values have mean 1).")
     L.append("")
-    L.append("| concept | split-half ρ trained | split-half ρ control | ρ trained vs control | heads whose top concept "
-             "it is (trained / control) | share of all votes (trained / control) | top-5 heads (trained) |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append(f"- Content dependence: HRVs built from {h.get('empty_prompts', 0)} *empty* prompts (nothing to draw, no "
+             "concept named) compared with the caption HRVs by Spearman correlation over heads (column ρ captions vs "
+             "empty). Near 1 means the votes are decided by the fixed geometry of each head's keys for the "
+             "concept-words, not by what is being generated.")
+    L.append("")
+    L.append("| concept | split-half ρ trained | split-half ρ control | ρ captions vs empty, trained / control | "
+             "ρ trained vs control | heads whose top concept it is (trained / control) | share of all votes "
+             "(trained / control) | top-5 heads (trained) |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for k in h["concepts"]:
-        L.append(f"| {k} | {t['split_half_spearman'][k]:.2f} | {c['split_half_spearman'][k]:.2f} | "
+        emp = (f"{t['empty_prompt_spearman'][k]:.2f} / {c['empty_prompt_spearman'][k]:.2f}"
+               if "empty_prompt_spearman" in t else "n/a")
+        L.append(f"| {k} | {t['split_half_spearman'][k]:.2f} | {c['split_half_spearman'][k]:.2f} | {emp} | "
                  f"{h['trained_vs_control_spearman'][k]:.2f} | {t['dominant_heads'][k]} / {c['dominant_heads'][k]} | "
                  f"{_pct(t['vote_share'][k])} / {_pct(c['vote_share'][k])} | {', '.join(t['top_heads'][k])} |")
     L.append("")
@@ -158,7 +170,7 @@ def _weakening(r: dict, out: Path, md: Path) -> str:
     cfg = r["config"]
     L = ["## 2. Ordered weakening with the ground-truth scorer", ""]
     L.append(f"For each concept, single-object prompts that name it (other attributes said sometimes) × seeds "
-             f"{', '.join(map(str, cfg['weaken_seeds']))}; the top-k (MoRHF), bottom-k (LeRHF) or k random heads "
+             f"({'; '.join(f'{k}: ' + ', '.join(map(str, c['seeds'])) for k, c in w['concepts'].items())}); the top-k (MoRHF), bottom-k (LeRHF) or k random heads "
              f"are weakened (every word token ×−2; `words+end` also the end/padding tokens), k ∈ "
              f"{{{', '.join(map(str, w['ks']))}}}. Score: 1 if the reader sees the named value. The random-order "
              f"control uses {cfg['random_groups']} random head orders, each on its share of the items, so it "
@@ -204,15 +216,22 @@ def _effects(r: dict, out: Path, md: Path) -> str:
     L.append("")
     L.append(_img(out, md, e["files"]["effects"], "single-head effects vs HRV"))
     L.append("")
-    L.append("| concept | n | heads | graded score, nothing weakened | ρ(effect, HRV) | ρ(effect, control HRV) | "
-             "ρ with other concepts' HRVs | top-k overlap causal vs HRV (chance) | top-3 heads' share of the "
-             "positive effect | largest effects (head: drop, HRV) |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    L.append("The bootstrap interval of ρ covers the item sample only. Whether ρ could come from a ranking with no "
+             "relation to the effects is answered by a permutation test: the HRV values shuffled over heads "
+             "(|ρ| of 95 % of shuffles stays below the *null 95 %* column; *p* = share of shuffles with |ρ| at "
+             "least the observed one).")
+    L.append("")
+    L.append("| concept | n | heads | graded score, nothing weakened | ρ(effect, HRV) | permutation null 95 % / p | "
+             "ρ(effect, control HRV) | ρ with other concepts' HRVs | top-8 overlap causal vs HRV (chance) | "
+             "top-3 heads' share of the positive effect | largest effects (head: drop, HRV value, HRV rank) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for concept, c in e["concepts"].items():
         others = ", ".join(f"{k} {v['mean']:.2f}" for k, v in c["spearman_other_concepts"].items())
-        big = ", ".join(f"{x['head']}: {x['effect']:.3f}, {x['hrv']:.2f}" for x in c["largest_effects"][:3])
+        big = "; ".join(f"{x['head']}: {x['effect']:.3f}, {x['hrv']:.2f}, #{x.get('hrv_rank', '?')}"
+                        for x in c["largest_effects"][:3])
         ov = c["top_overlap"]
-        L.append(f"| {concept} | {c['items']} | {c['heads']} | {_f(c['baseline'])} | **{_f(c['spearman'])}** | "
+        null = (f"{c['spearman_null_95']:.2f} / {c['spearman_p_perm']:.2f}" if "spearman_null_95" in c else "n/a")
+        L.append(f"| {concept} | {c['items']} | {c['heads']} | {_f(c['baseline'])} | **{_f(c['spearman'])}** | {null} | "
                  f"{_f(c['spearman_control_hrv'])} | {others} | {ov['overlap']} of {ov['k']} ({ov['chance']:.1f}) | "
                  f"{_pct(c['top3_share_of_positive_effect'])} | {big} |")
     L.append("")
@@ -294,68 +313,176 @@ def _ae(r: dict, out: Path, md: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- interpretation
-def _interpretation(r: dict) -> str:
-    h, w, e, p = r["hrv"], r["weakening"], r["effects"], r["polysemy"]
-    L = ["## What the numbers say", ""]
-    dc = h["concentration_diff"]
-    L.append("**HRVs vs the control.** " + _verdict(
-        dc,
-        f"Votes are more concentrated in the trained model than in the random-init control (difference "
-        f"{_f(dc)}), ",
-        f"Votes are *less* concentrated in the trained model than in the random-init control (difference "
-        f"{_f(dc)}), ",
-        f"Vote concentration does not separate the trained model from the random-init control (difference "
-        f"{_f(dc)}), ") + "so concentration alone is not evidence: a random network also has heads that prefer one "
-      "concept's words (its random keys favour some word embeddings). What the control cannot have is a *causal* "
-      "link between a head's votes and what the image shows — that is what sections 2 and 3 test.")
-    L.append("")
-    pos, neg, zero = [], [], []
+def _mean(d: dict) -> float:
+    return sum(d.values()) / max(1, len(d))
+
+
+def _follows(c: dict) -> bool:
+    """The model follows the concept: accuracy without weakening clearly above chance."""
+    t = next(iter(c["tokens"].values()))
+    return t["baseline"]["low"] is not None and t["baseline"]["low"] > c["chance"]
+
+
+def _concept_verdict(concept: str, c: dict) -> str:
+    """One sentence on a concept's weakening curves."""
+    if not _follows(c):
+        t = next(iter(c["tokens"].values()))
+        return (f"**{concept}**: the model does not follow it (accuracy {_pct(t['baseline']['mean'])} with nothing "
+                f"weakened, chance {_pct(c['chance'])}), so its curves cannot test the HRV.")
+    parts = []
+    for tok, t in c["tokens"].items():
+        top = {1: "its top heads hurt *more* than random heads", -1: "its top heads hurt *less* than random heads",
+               0: "its top heads hurt about as much as random heads"}[_sign(t["area_random_morhf"])]
+        bottom = {1: "its bottom heads hurt less than random ones", -1: "its bottom heads hurt *more* than random ones",
+                  0: "its bottom heads are no safer than random ones"}[_sign(t["area_lerhf_random"])]
+        parts.append(f"`{tok}`: {top} (random − MoRHF {_f(t['area_random_morhf'])}), {bottom} (LeRHF − random "
+                     f"{_f(t['area_lerhf_random'])})")
+    return f"**{concept}** (n={c['items']}): " + "; ".join(parts) + "."
+
+
+def _hub_notes(w: dict) -> list[str]:
+    """Where random k-head sets remove more than both the top-k and the bottom-k of the HRV."""
+    notes = []
+    ks = w["ks"]
     for concept, c in w["concepts"].items():
         for tok, t in c["tokens"].items():
-            s = _sign(t["area_random_morhf"])
-            (pos if s > 0 else neg if s < 0 else zero).append(f"{concept} [{tok}] {_f(t['area_random_morhf'])}")
-    L.append("**Ordered weakening.** Area random − MoRHF (does weakening the HRV's top heads hurt more than "
-             "weakening as many random heads?): " + "; ".join(
-                 ([f"above 0 for {', '.join(pos)}"] if pos else []) + ([f"below 0 for {', '.join(neg)}"] if neg else [])
-                 + ([f"CI contains 0 for {', '.join(zero)}"] if zero else [])) + ".")
-    ends = []
+            cur = t["curves"]
+            for j, k in enumerate(ks):
+                if k in (0, ks[-1]):
+                    continue
+                m, rnd, le = cur["morhf"]["mean"][j], cur["random"]["mean"][j], cur["lerhf"]["mean"][j]
+                if rnd < min(m, le) - 0.1:
+                    notes.append(f"{concept} [{tok}] at k={k}: random {rnd:.2f} vs top-k {m:.2f} and bottom-k {le:.2f}")
+                    break
+    return notes
+
+
+def _verdicts(r: dict) -> list[str]:
+    """Short verdict lines for the top of the report."""
+    w, e, p = r["weakening"], r["effects"], r["polysemy"]
+    out = []
     for concept, c in w["concepts"].items():
-        if "words" in c["tokens"] and "words+end" in c["tokens"]:
-            ends.append(f"{concept} {_pct(c['tokens']['words']['all_heads']['mean'])} (words) vs "
-                        f"{_pct(c['tokens']['words+end']['all_heads']['mean'])} (words+end)")
-    if ends:
-        closes = [k for k, c in w["concepts"].items() if {"words", "words+end"} <= set(c["tokens"])
-                  and c["tokens"]["words+end"]["all_heads"]["high"] < c["tokens"]["words"]["all_heads"]["low"]]
+        if not _follows(c):
+            out.append(f"{concept}: not testable (the model does not follow it)")
+            continue
+        signs = [_sign(t["area_random_morhf"]) for t in c["tokens"].values()]
+        lows = [_sign(t["area_lerhf_random"]) for t in c["tokens"].values()]
+        if all(x > 0 for x in signs):
+            v = "top HRV heads matter more than random heads (validated by weakening)"
+        elif any(x < 0 for x in signs):
+            v = "top HRV heads matter *less* than random heads (contradicted)"
+        elif any(x > 0 for x in lows):
+            v = "top heads no better than random, but bottom HRV heads are safer than random (partial)"
+        else:
+            v = "no difference from random heads at this n"
+        out.append(f"{concept} (n={c['items']}): {v}")
+    for concept, c in e["concepts"].items():
+        sig = c.get("spearman_p_perm", 1.0) < 0.05 and c["spearman"]["mean"] > 0
+        out.append(f"single heads, {concept}: ρ(effect, HRV) {c['spearman']['mean']:.2f}"
+                   + (" — beyond a random ranking" if sig else " — not beyond a random ranking")
+                   + f" (permutation p {c.get('spearman_p_perm', float('nan')):.2f})")
+    d = p["differences"].get("adjust")
+    if d:
+        out.append(f"polysemy: adjusting changes the colour-sense rate by {_f(d, True)}")
+    return out
+
+
+def _interpretation(r: dict) -> str:
+    h, w, e, p = r["hrv"], r["weakening"], r["effects"], r["polysemy"]
+    t, c = h["trained"], h["control"]
+    L = ["## What the numbers say — and why", ""]
+    dc = h["concentration_diff"]
+    rel_t, rel_c = _mean(t["split_half_spearman"]), _mean(c["split_half_spearman"])
+    text = ("**HRVs vs the control.** " + _verdict(
+        dc, f"Votes are somewhat more concentrated in the trained model than in the random-init control "
+            f"(difference {_f(dc)}), ",
+        f"Votes are *less* concentrated in the trained model than in the random-init control (difference {_f(dc)}), ",
+        f"Vote concentration does not separate the trained model from the control (difference {_f(dc)}), ")
+        + f"and both are highly reproducible (mean split-half ρ {rel_t:.2f} trained, {rel_c:.2f} control). ")
+    if "empty_prompt_spearman" in t:
+        et, ec = _mean(t["empty_prompt_spearman"]), _mean(c["empty_prompt_spearman"])
+        text += (f"HRVs from empty prompts agree with the caption HRVs at mean ρ {et:.2f} (trained) and {ec:.2f} "
+                 "(control). ")
+        if min(et, ec) > 0.8:
+            text += ("So on this model a head's vote hardly depends on what is generated: it is fixed by how the "
+                     "head's keys project each concept-word, a property a random network has as well. ")
+    text += ("Concentration and reliability are therefore no evidence that a head *carries* a concept; only the "
+             "causal tests below can say that.")
+    L.append(text)
+    L.append("")
+    L.append("**Ordered weakening, concept by concept.**")
+    L.append("")
+    for concept, cc in w["concepts"].items():
+        L.append(f"- {_concept_verdict(concept, cc)}")
+    L.append("")
+    hubs = _hub_notes(w)
+    if hubs:
+        L.append("**Hub heads outside the HRV's ranking ends.** Random head sets remove clearly more than both the "
+                 "HRV's top-k and its bottom-k for " + "; ".join(hubs) + ". The heads that carry the concept lie "
+                 "in the *middle* of the HRV ranking, so MoRHF and LeRHF both miss them at first.")
         L.append("")
-        L.append("With *all* heads weakened the accuracy left is " + "; ".join(ends) + ". What survives weakening "
-                 "of every word column can only reach the image through the start and end/padding tokens (the "
-                 "causal text encoder copies the caption into the end token and the padding after it). "
-                 + (f"Closing that route too (`words+end`) removes clearly more for {', '.join(closes)} (intervals "
-                    "apart): `words` weakening leaves a second route open, which flattens its curves."
-                    if closes else "Closing that route too (`words+end`) does not remove clearly more at this n."))
+    ends = []
+    for concept, cc in w["concepts"].items():
+        if {"words", "words+end"} <= set(cc["tokens"]):
+            ends.append(f"{concept} {_pct(cc['tokens']['words']['all_heads']['mean'])} (`words`) vs "
+                        f"{_pct(cc['tokens']['words+end']['all_heads']['mean'])} (`words+end`)")
+    if ends:
+        survive = [k for k, cc in w["concepts"].items() if "words" in cc["tokens"] and _follows(cc)
+                   and cc["tokens"]["words"]["all_heads"]["mean"] > cc["chance"] + 0.2]
+        m = r.get("attention_mass", {}).get("overall")
+        L.append("**The end/padding route.** With *all* heads weakened the accuracy left is " + "; ".join(ends) + ". "
+                 + (f"The conditional cross-attention puts {_pct(m['end'] + m['pad'])} of its mass on the end and "
+                    f"padding tokens and {_pct(m['words'])} on the words. " if m else "")
+                 + (f"{' and '.join(survive)} {'survives' if len(survive) == 1 else 'survive'} the weakening of every word column at every head: that "
+                    "information reaches the image through the end/padding tokens (the causal text encoder copies "
+                    "the caption into them), which `words` weakening leaves open and `words+end` closes."
+                    if survive else "No concept survives the weakening of every word column: on this model the "
+                    "end/padding route carries little of the named attributes."))
+        L.append("")
+    rhos = []
+    for k, cc in e["concepts"].items():
+        big = ", ".join(f"{x['head']} (HRV rank {x.get('hrv_rank', '?')} of {cc['heads']})"
+                        for x in cc["largest_effects"][:3])
+        rhos.append(f"{k}: ρ {_f(cc['spearman'])}, permutation p {cc.get('spearman_p_perm', float('nan')):.2f}; the "
+                    f"three heads with the largest effect are {big}; they carry "
+                    f"{_pct(cc['top3_share_of_positive_effect'])} of the summed positive effect")
+    L.append("**Single heads.** " + "; ".join(rhos) + ". A share far above 3/H means a few hub heads do most of "
+             "the work and the order of the remaining heads is mostly noise — which caps any rank correlation.")
     L.append("")
-    rhos = [f"{k} {_f(c['spearman'])} (control HRV {_f(c['spearman_control_hrv'])})" for k, c in e["concepts"].items()]
-    L.append("**Single heads.** Spearman(causal effect, HRV): " + "; ".join(rhos) + ". " + " ".join(
-        _verdict(c["spearman"], f"For {k} the HRV ranking agrees with the causal ranking beyond chance.",
-                 f"For {k} the HRV ranking runs *against* the causal ranking.",
-                 f"For {k} the correlation is not distinguishable from 0 at this n.")
-        for k, c in e["concepts"].items()))
-    hubs = [f"{k}: {_pct(c['top3_share_of_positive_effect'])}" for k, c in e["concepts"].items()]
-    L.append(f"Share of the summed positive single-head effect carried by the three strongest heads: "
-             f"{'; '.join(hubs)} — a high share means a few hub heads carry the concept and a ranking of the other "
-             "heads is mostly noise.")
+    plain = p["conditions"]["plain"]
+    fruit = plain["fruit"]["mean"]
+    L.append("**Polysemy.** " + ("Without steering the model draws the fruit for only "
+                                 f"{_pct(fruit)} of 'an orange {{shape}}' prompts, so there is little misreading for "
+                                 "adjusting to fix; most failures are a wrong shape (intended shape "
+                                 f"{_pct(plain['intended_shape']['mean'])}). " if fruit < 0.15 else
+                                 f"Without steering the model draws the fruit for {_pct(fruit)} of the prompts. ")
+             + "; ".join(f"{name}: colour sense {_f(p['conditions'][name]['colour_sense'], True)} (change "
+                         f"{_f(v, True)})" for name, v in p["differences"].items())
+             + f"; plain: {_f(plain['colour_sense'], True)}.")
     L.append("")
-    d = p["differences"]
-    L.append("**Polysemy.** " + "; ".join(
-        f"{name}: colour sense {_f(p['conditions'][name]['colour_sense'], True)}, change vs plain {_f(v, True)}"
-        for name, v in d.items()) + f" (plain: {_f(p['conditions']['plain']['colour_sense'], True)}).")
+    pe, ae = r["p2p"], r["ae"]
+    L.append("**Editing and multi-object generation.** P2P-HRV vs P2P colour-edit success: "
+             f"{_f(pe['success_diff_hrv_minus_p2p'], True)} (paired, n={pe['items']}); "
+             + _verdict(pe["success_diff_hrv_minus_p2p"], "P2P-HRV helps.", "P2P-HRV hurts.",
+                        "no difference at this n.")
+             + f" Object missing, A&E − SD {_f(ae['diff_ae_minus_sd'], True)}, A&E-HRV − A&E "
+             f"{_f(ae['diff_hrv_minus_ae'], True)} (n={ae['items']}); "
+             + _verdict(ae["diff_hrv_minus_ae"], "A&E-HRV leaves *more* objects out.", "A&E-HRV leaves fewer "
+                        "objects out.", "no difference between A&E-HRV and A&E at this n.")
+             + " Both applications are limited by the model's weak shapes: the reader finds the named shape "
+             "only part of the time even without any intervention.")
     L.append("")
-    L.append(f"**Why effects on this model can be small.** (1) {h['num_heads']} heads and one object (or two) "
-             "per image: a few heads per layer can carry an attribute, and the rest of the UNet (self-attention, "
-             "residual paths) recovers it from what the other heads still read. (2) The end/padding route above. "
-             "(3) The model is small and briefly trained on CPU (see docs/world.md): its heads may not have "
-             "specialised the way SD's 128 heads did over a long training run. (4) Noise: a 0/1 score needs "
-             "hundreds of items for a few points of precision — every interval above says how much the n allowed.")
+    info = r.get("model_info", {})
+    size = (f"a UNet of {info['unet_parameters'] / 1e6:.2f} M parameters and a text encoder of "
+            f"{info['text_encoder_parameters'] / 1e6:.2f} M, " if info else "")
+    L.append(f"**Likely reasons this small model validates HRVs poorly.** (1) Heads: {h['num_heads']} heads, one "
+             "or two objects per image; a few hub heads carry an attribute (above) and the rest of the UNet — "
+             "self-attention and residual paths — restores much of what the other heads lose. (2) Static votes: "
+             "with a small text encoder and one token per word, the vote is decided largely by key geometry that "
+             "exists before training (see the control), and training reshapes it only partly. (3) The end/padding "
+             f"route (above). (4) Training: {size}trained briefly on CPU (docs/world.md); attributes it follows "
+             "weakly (see the nothing-weakened accuracies) cannot lose much under weakening. (5) Noise: with 0/1 "
+             "scores the precision grows only with √n; every interval above says what the n allowed.")
     L.append("")
     return "\n".join(L)
 

@@ -47,27 +47,28 @@ PNG_DPI = 100
 class ReportConfig:
     """Sizes and settings of one report run (defaults: the full report, ≈ 30 min on 2 CPU cores)."""
 
-    steps: int = 10  # DDIM steps of every generation
+    steps: int = 8  # DDIM steps of every generation
     guidance: float = 5.0
     scheduler: str = "ddim"
     batch_size: int = 50
     hrv_prompts: int = 128  # world.default_prompts, split in two halves (split-half reliability)
     control_seed: int = 1234  # seed of the random-init control's UNet and text encoder
-    weaken: dict[str, int] = field(default_factory=lambda: {"Color": 200, "Shape": 200, "Size": 40, "Position": 40,
-                                                            "Pattern": 40, "Background": 40})
-    weaken_seeds: tuple[int, ...] = (10, 20, 30, 40)
-    ks: tuple[int, ...] = (0, 3, 8, 16, 32)  # H (all heads) is always added
+    weaken: dict[str, int] = field(default_factory=lambda: {"Color": 200, "Shape": 200, "Size": 20, "Position": 20,
+                                                            "Pattern": 20, "Background": 20})
+    weaken_seeds: tuple[int, ...] = (10, 20, 30, 40)  # up to n/10 of them per concept (≥ 1)
+    ks: tuple[int, ...] = (0, 6, 20)  # H (all heads) is always added
     random_groups: int = 5  # random-order control: items split in groups, one random head order per group
     token_sets: tuple[str, ...] = ("words", "words+end")
     weaken_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-concept override of token_sets
-    effects: dict[str, int] = field(default_factory=lambda: {"Color": 40, "Shape": 40})
-    effects_seeds: tuple[int, ...] = (10, 20, 30, 40)
+    effects: dict[str, int] = field(default_factory=lambda: {"Color": 16, "Shape": 16})
+    effects_seeds: tuple[int, ...] = (10, 20)
     effects_tokens: str = "words+end"
     effects_heads: str | tuple[int, ...] = "all"
     poly_items: int = 200
-    p2p_items: int = 60
+    p2p_items: int = 48
     ae_items: int = 30
     mass_items: int = 32  # attention mass per token class (start / words / end / padding)
+    empty_prompts: int = 32  # HRV from empty prompts: do votes depend on what is generated?
     n_boot: int = 1000
     seed: int = 0
 
@@ -76,7 +77,7 @@ class ReportConfig:
         """Tiny sizes for a smoke run and the test (a minute on a tiny model)."""
         return cls(steps=3, batch_size=8, hrv_prompts=4, weaken={"Color": 4, "Shape": 4}, weaken_seeds=(10, 20),
                    ks=(0, 2), random_groups=2, effects={"Color": 2}, effects_seeds=(10,), effects_heads=(0, 1, 2, 3),
-                   poly_items=4, p2p_items=2, ae_items=1, mass_items=4, n_boot=200)
+                   poly_items=4, p2p_items=2, ae_items=1, mass_items=4, empty_prompts=2, n_boot=200)
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -344,17 +345,18 @@ def _layer_bounds(heads, latent: int | None = None) -> list[tuple[int, str]]:
 
 # ---------------------------------------------------------------------------------------------- section 1: HRVs
 def build_hrvs(pipe, prompts: Sequence[str], cfg: ReportConfig, concepts) -> tuple:
-    """HRVs from two halves of ``prompts`` (seeds 22, 23) and from both together (votes summed)."""
+    """HRVs from two halves of ``prompts`` (seeds 22, 23), from both together (votes summed), and from
+    ``cfg.empty_prompts`` empty prompts (no concept in the prompt: how much do votes depend on content?)."""
     import headlens
     from headlens.hrv import HRV
 
     half = max(1, len(prompts) // 2)
     parts = [list(prompts[:half]), list(prompts[half:]) or list(prompts[:half])]
-    hrvs = [headlens.build(pipe, concepts, p, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
-                           batch_size=cfg.batch_size, seed=s) for p, s in zip(parts, HRV_SEEDS)]
-    a, b = hrvs
+    kw = {"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance, "batch_size": cfg.batch_size}
+    a, b = (headlens.build(pipe, concepts, p, seed=s, **kw) for p, s in zip(parts, HRV_SEEDS))
     full = HRV(a.heads, a.concepts, a.votes + b.votes, a.words, dict(a.metadata, prompts=len(prompts)))
-    return full, a, b
+    empty = headlens.build(pipe, concepts, [""] * max(1, cfg.empty_prompts), seed=HRV_SEEDS[1] + 1, **kw)
+    return full, a, b, empty
 
 
 def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path, latent: int | None = None) -> dict:
@@ -363,9 +365,10 @@ def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path, la
     cfull = control[0]
     concepts = full.concepts
     res: dict = {"concepts": concepts, "num_heads": full.num_heads, "prompts": int(full.metadata.get("prompts", 0)),
-                 "timesteps": int(full.votes.shape[0]), "images": 2 * int(full.metadata.get("prompts", 0))}
+                 "timesteps": int(full.votes.shape[0]), "empty_prompts": cfg.empty_prompts,
+                 "images": 2 * (int(full.metadata.get("prompts", 0)) + cfg.empty_prompts)}
     rng_seed = cfg.seed
-    for name, (f, x, y) in {"trained": trained, "control": control}.items():
+    for name, (f, x, y, e) in {"trained": trained, "control": control}.items():
         st = vote_stats(f.votes)
         res[name] = {
             "concentration": mean_ci(st["share"], cfg.n_boot, rng_seed),  # bootstrap over heads
@@ -373,6 +376,7 @@ def hrv_section(trained: tuple, control: tuple, cfg: ReportConfig, out: Path, la
             "dominant_heads": {c: int((st["top"] == i).sum()) for i, c in enumerate(concepts)},
             "vote_share": {c: float(st["concept_share"][i]) for i, c in enumerate(concepts)},
             "split_half_spearman": {c: _spearman(x[c], y[c]) for c in concepts},
+            "empty_prompt_spearman": {c: _spearman(f[c], e[c]) for c in concepts},
             "top_heads": {c: [f.heads[i].short_name for i in f.ranking(c)[:5]] for c in concepts},
         }
     res["trained_vs_control_spearman"] = {c: _spearman(full[c], cfull[c]) for c in concepts}
@@ -468,19 +472,19 @@ def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: 
     for concept, n in cfg.weaken.items():
         if concept not in hrv.concepts or n <= 0:
             continue
-        n_prompts = max(1, -(-n // len(cfg.weaken_seeds)))
-        pairs = attribute_prompts(concept, n_prompts, cfg.seed)
+        seeds = cfg.weaken_seeds[:max(1, min(len(cfg.weaken_seeds), n // 10))]
+        pairs = attribute_prompts(concept, max(1, -(-n // len(seeds))), cfg.seed)
         scorer = WorldScorer(concept, reader=reader)
         t0 = time.time()
         token_sets = list(cfg.weaken_tokens.get(concept, cfg.token_sets))
-        r = ordered_weakening(pipe, hrv, concept, prompts=pairs, seeds=cfg.weaken_seeds, ks=ks, scorer=scorer,
+        r = ordered_weakening(pipe, hrv, concept, prompts=pairs, seeds=seeds, ks=ks, scorer=scorer,
                               out=None, tokens=token_sets, random_draws=0, settings=settings,
                               n_boot=cfg.n_boot, progress=False)
         items = r.items
         images = r.generations
         boot = bootstrap_indices(len(items), cfg.n_boot, seed=0)
         vocab = _vocab()[0]
-        c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(cfg.weaken_seeds), "tokens": {},
+        c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(seeds), "tokens": {},
                        "chance": 1.0 / len(vocab.VOCABULARY[concept])}
         for tok in token_sets:
             mor = r.curve("morhf", tok).per_item
@@ -580,7 +584,11 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
         rho = functools.partial(_rho_ci, r.effects, samples, n=len(r.items))
 
         sel = r.heads
-        refs = {"hrv": rho(hrv[concept][sel].numpy()),
+        perm_rng = _rng(cfg.seed, 500)
+        values = hrv[concept][sel].numpy()
+        null = np.array([_spearman(r.effects, perm_rng.permutation(values)) for _ in range(cfg.n_boot)])
+        observed = _spearman(r.effects, values)
+        refs = {"hrv": rho(values),
                 "control_hrv": rho(control_hrv[concept][sel].numpy())}
         others = {c: rho(hrv[c][sel].numpy()) for c in hrv.concepts if c != concept}
         k = min(8, len(sel))
@@ -592,10 +600,13 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
         res["concepts"][concept] = {
             "items": len(r.items), "heads": len(sel), "baseline": mean_ci(r.baseline, cfg.n_boot),
             "spearman": refs["hrv"], "spearman_control_hrv": refs["control_hrv"], "spearman_other_concepts": others,
+            "spearman_null_95": float(np.quantile(np.abs(null), 0.95)),
+            "spearman_p_perm": float((np.abs(null) >= abs(observed) - 1e-12).mean()),
             "top_overlap": {"k": k, "overlap": len(causal_top & hrv_top), "chance": k * k / len(sel)},
             "top3_share_of_positive_effect": top3,
             "largest_effects": [{"head": names[sel.index(h)], "effect": float(r.effects[sel.index(h)]),
-                                 "hrv": float(hrv[concept][h])} for h in r.ranking[:5]],
+                                 "hrv": float(hrv[concept][h]), "hrv_rank": hrv.ranking(concept).index(h) + 1}
+                                for h in r.ranking[:5]],
             "effects": [float(x) for x in r.effects], "effects_low": [float(x) for x in r.low],
             "effects_high": [float(x) for x in r.high], "hrv_values": [float(hrv[concept][h]) for h in sel],
             "head_names": names, "seconds": round(time.time() - t0, 1), "images": r.generations,
@@ -823,6 +834,9 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                   batch_size=cfg.batch_size)
     report: dict = {"model": model_name, "config": _jsonable(asdict(cfg)),
+                    "model_info": {"unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
+                                   "text_encoder_parameters": sum(p.numel() for p in pipe.text_encoder.parameters()),
+                                   "latent_size": _latent_size(pipe)},
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "processor": platform.machine()}}
     timings: dict = {}
