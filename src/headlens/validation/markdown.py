@@ -247,13 +247,17 @@ def _polysemy(r: dict, out: Path, md: Path) -> str:
              "whose heads were shuffled (same factor values on the wrong heads). *Colour sense*: the reader sees an "
              "orange object of the intended shape; *fruit*: it sees the orange fruit.")
     L.append("")
+    L.append("*Leaf pixels*: pixels within RGB distance 60 of the fruit's leaf green — the model sometimes puts the "
+             "fruit's leaf on an orange square, a graded cue of the fruit sense that the shape reader does not see.")
+    L.append("")
     L.append("| condition | colour sense | fruit drawn | object read as orange | intended shape | "
-             "colour sense − plain (paired) |")
-    L.append("|---|---|---|---|---|---|")
+             "colour sense − plain (paired) | leaf pixels per image | leaf pixels − plain (paired) |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for name, c in p["conditions"].items():
         diff = _f(p["differences"][name], True) if name in p["differences"] else "—"
+        ldiff = _f(p.get("leaf_differences", {}).get(name), d=2) if name in p.get("leaf_differences", {}) else "—"
         L.append(f"| {name} | {_f(c['colour_sense'], True)} | {_f(c['fruit'], True)} | {_f(c['orange_colour'], True)} "
-                 f"| {_f(c['intended_shape'], True)} | {diff} |")
+                 f"| {_f(c['intended_shape'], True)} | {diff} | {_f(c.get('leaf_pixels'), d=2)} | {ldiff} |")
     L.append("")
     L.append(_img(out, md, p["files"]["examples"], "orange examples"))
     L.append("")
@@ -458,7 +462,10 @@ def _interpretation(r: dict) -> str:
                                  f"Without steering the model draws the fruit for {_pct(fruit)} of the prompts. ")
              + "; ".join(f"{name}: colour sense {_f(p['conditions'][name]['colour_sense'], True)} (change "
                          f"{_f(v, True)})" for name, v in p["differences"].items())
-             + f"; plain: {_f(plain['colour_sense'], True)}.")
+             + f"; plain: {_f(plain['colour_sense'], True)}."
+             + ((" Leaf pixels (fruit cue), change vs plain: " + "; ".join(
+                 f"{name} {_f(v, d=2)}" for name, v in p["leaf_differences"].items())
+                 + f" (plain {_f(plain['leaf_pixels'], d=2)} per image).") if "leaf_differences" in p else ""))
     L.append("")
     pe, ae = r["p2p"], r["ae"]
     L.append("**Editing and multi-object generation.** P2P-HRV vs P2P colour-edit success: "

@@ -654,6 +654,7 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
     }
     res: dict = {"items": len(items), "conditions": {}, "images": len(items) * len(conditions)}
     reads: dict = {}
+    leaves: dict = {}
     examples: dict = {}
     for name, (setup, h) in conditions.items():
         images = _images(pipe, items, settings, setup, h)
@@ -663,23 +664,38 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
         fruit = np.array([g.get("Shape") == "orange" for g in got], dtype=float)
         orange = np.array([g.get("Color") == "orange" for g in got], dtype=float)
         shape_ok = np.array([g.get("Shape") == it.target for g, it in zip(got, items)], dtype=float)
+        leaf = np.array([_leaf_pixels(im) for im in images], dtype=float)
         reads[name] = colour
+        leaves[name] = leaf
         res["conditions"][name] = {"colour_sense": mean_ci(colour, cfg.n_boot), "fruit": mean_ci(fruit, cfg.n_boot),
                                    "orange_colour": mean_ci(orange, cfg.n_boot),
-                                   "intended_shape": mean_ci(shape_ok, cfg.n_boot)}
+                                   "intended_shape": mean_ci(shape_ok, cfg.n_boot),
+                                   "leaf_pixels": mean_ci(leaf, cfg.n_boot)}
         examples[name] = images[:8]
         log(f"polysemy {name}: colour sense {fmt(res['conditions'][name]['colour_sense'], pct=True)}")
     res["differences"] = {name: mean_ci(reads[name] - reads["plain"], cfg.n_boot)
                           for name in conditions if name != "plain"}
+    res["leaf_differences"] = {name: mean_ci(leaves[name] - leaves["plain"], cfg.n_boot)
+                               for name in conditions if name != "plain"}
     res["files"] = {"examples": _grid(examples, [it.prompt for it in items[:8]], out / "polysemy_examples.png")}
     return res
 
 
+def _leaf_pixels(image, radius: float = 60.0) -> int:
+    """Pixels close to the fruit's leaf green: a cue of the fruit sense of "orange" on any shape."""
+    from ..scorers import to_pil
+    from ..world.render import LEAF
+
+    arr = np.asarray(to_pil(image), dtype=np.float32)
+    return int((np.sqrt(((arr - LEAF) ** 2).sum(-1)) < radius).sum())
+
+
 def _grid(rows: dict, cols: list[str], path: Path, cell: int = 80) -> str:
+    import textwrap
+
     from ..analysis.figures import image_grid
 
-    img = image_grid(list(rows.values()), list(rows), [c.replace(" on the ", "\n").replace(" at the ", "\n")
-                                                       .replace(" in the ", "\n") for c in cols], cell=cell)
+    img = image_grid(list(rows.values()), list(rows), [textwrap.fill(c, 12) for c in cols], cell=cell)
     img.save(path, optimize=True)
     return path.name
 
@@ -723,7 +739,7 @@ def p2p_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path) 
     a = np.array([r["success"] for r in rows["P2P-HRV"]], dtype=float)
     b = np.array([r["success"] for r in rows["P2P"]], dtype=float)
     res["success_diff_hrv_minus_p2p"] = mean_ci(a - b, cfg.n_boot)
-    res["files"] = {"examples": _grid(examples, [f"{p['from']}->\n{p['to']}" for p in pairs[:8]],
+    res["files"] = {"examples": _grid(examples, [f"{p['from']} -> {p['to']}" for p in pairs[:8]],
                                       out / "p2p_examples.png")}
     return res
 
@@ -765,7 +781,7 @@ def ae_section(pipe, hrv, reader, cfg: ReportConfig, log, out: Path) -> dict:
         log(f"A&E {name}: object missing {fmt(res['methods'][name]['object_missing'], pct=True)}")
     res["diff_hrv_minus_ae"] = mean_ci(missing["A&E-HRV"] - missing["A&E"], cfg.n_boot)
     res["diff_ae_minus_sd"] = mean_ci(missing["A&E"] - missing["SD"], cfg.n_boot)
-    res["files"] = {"examples": _grid(examples, [c["prompt"].replace(" and ", "\n") for c in cases[:8]],
+    res["files"] = {"examples": _grid(examples, [c["prompt"] for c in cases[:8]],
                                       out / "ae_examples.png")}
     return res
 
