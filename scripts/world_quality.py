@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from diffusers import DDIMScheduler
 
 from headlens.world import Scorer, load_pipeline, model_path
@@ -39,16 +41,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--doc", default="docs/world.md")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--json", default="")
     ap.add_argument("--no-endpad", action="store_true")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     t0 = time.time()
     pipe = load_pipeline(folder=a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     probe = ColumnProbe(n_classes=4)
     install(pipe.unet, probe)
     scorer = Scorer()
-    gen = lambda ps, zero=(): generate(pipe, ps, a.steps, a.cfg, probe=probe, zero=zero)
+
+    def gen(ps: list[Prompt], zero: tuple[int, ...] = ()) -> list[np.ndarray]:
+        """Generate with progress on stderr."""
+        print(f"[{time.time() - t0:6.0f}s] generating {len(ps)} images ({ps[0].text!r}, zero={zero})",
+              file=sys.stderr, flush=True)
+        return generate(pipe, ps, a.steps, a.cfg, probe=probe, zero=zero)
+
     res: dict = {}
     md = [(f"Model `{a.model}`; DDIM {a.steps} steps, guidance {a.cfg}, one seed per prompt; "
           "judged by `headlens.world.Scorer`; 95 % bootstrap intervals (2,000 resamples)."), ""]

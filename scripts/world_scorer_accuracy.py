@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+import torch
 from diffusers import AutoencoderKL
 
 from headlens.world import Scorer, model_path
@@ -20,7 +21,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024, help="render seed (scorer training uses 1)")
     ap.add_argument("--vae", default=str(model_path() / "vae"))
     ap.add_argument("--doc", default="docs/world.md")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     scorer = Scorer()
     arrs, attrs = render_set(a.n, a.seed)
     vae = AutoencoderKL.from_pretrained(a.vae).eval()

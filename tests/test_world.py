@@ -20,6 +20,15 @@ needs_scorer = pytest.mark.skipif(not HAS_SCORER, reason="scorer weights not tra
 needs_model = pytest.mark.skipif(not HAS_MODEL, reason="world pipeline not trained/shipped yet (src/headlens/world/model)")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: much faster than two on a shared 2-core machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def scorer():
     """The shipped scorer."""
@@ -142,7 +151,7 @@ def test_training_smoke(tmp_path) -> None:
     from headlens.world.train import main
 
     folder = main(["--out", str(tmp_path), "--n-images", "64", "--vae-steps", "2", "--unet-steps", "3",
-                   "--batch", "4", "--minutes", "3"])
+                   "--batch", "4", "--minutes", "3", "--threads", "1"])
     pipe = world.load_pipeline(folder=folder)
     img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert img.size == (32, 32)

@@ -58,6 +58,8 @@ def make_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tok: CLIPToke
                   unet: UNet2DConditionModel) -> StableDiffusionPipeline:
     """Assemble a standard StableDiffusionPipeline (PNDM, SD's default scheduler)."""
     sched = PNDMScheduler(**BETAS, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    # as in SD1.x's config: a DDIM/DDPM made with from_config must not clip x0 to [-1, 1] (latents are not images)
+    sched.register_to_config(clip_sample=False)
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=sched,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

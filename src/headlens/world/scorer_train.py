@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=15_000)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     arrs, attrs = render_set(a.n, a.seed)
     sets = [(arrs, attrs)]
