@@ -159,3 +159,19 @@ def test_training_smoke(tmp_path) -> None:
 
     info = json.loads((tmp_path / "train_info.json").read_text())
     assert info["unet_steps_done"] == 3 and "vae step" in (tmp_path / "train.log").read_text()
+
+
+@needs_model
+@needs_scorer
+def test_shipped_model_follows_prompts(scorer) -> None:
+    from diffusers import DDIMScheduler
+
+    pipe = world.load_pipeline()
+    assert DDIMScheduler.from_config(pipe.scheduler.config).config.clip_sample is False  # latents are not images
+    prompts = ["a red circle", "a blue square", "a yellow circle", "a green square"] * 2
+    gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+    imgs = pipe(prompts, num_inference_steps=20, generator=gens, output_type="np").images
+    got = [scorer.score((im * 255).round().astype(np.uint8)) for im in imgs]
+    colour = np.mean([g["Color"] == p.split()[1] for g, p in zip(got, prompts)])
+    shape = np.mean([g["Shape"] == p.split()[2] for g, p in zip(got, prompts)])
+    assert colour >= 0.75 and shape >= 0.75, (colour, shape)
