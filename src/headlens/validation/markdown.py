@@ -231,8 +231,9 @@ def _effects(r: dict, out: Path, md: Path) -> str:
                         for x in c["largest_effects"][:3])
         ov = c["top_overlap"]
         null = (f"{c['spearman_null_95']:.2f} / {c['spearman_p_perm']:.2f}" if "spearman_null_95" in c else "n/a")
+        cp = f" (p {c['spearman_control_p_perm']:.2f})" if "spearman_control_p_perm" in c else ""
         L.append(f"| {concept} | {c['items']} | {c['heads']} | {_f(c['baseline'])} | **{_f(c['spearman'])}** | {null} | "
-                 f"{_f(c['spearman_control_hrv'])} | {others} | {ov['overlap']} of {ov['k']} ({ov['chance']:.1f}) | "
+                 f"{_f(c['spearman_control_hrv'])}{cp} | {others} | {ov['overlap']} of {ov['k']} ({ov['chance']:.1f}) | "
                  f"{_pct(c['top3_share_of_positive_effect'])} | {big} |")
     L.append("")
     return "\n".join(L)
@@ -371,6 +372,7 @@ def _verdicts(r: dict) -> list[str]:
             continue
         signs = [_sign(t["area_random_morhf"]) for t in c["tokens"].values()]
         lows = [_sign(t["area_lerhf_random"]) for t in c["tokens"].values()]
+        inverted = [tok for tok, t in c["tokens"].items() if _sign(t["area_lerhf_morhf"]) < 0]
         if all(x > 0 for x in signs):
             v = "top HRV heads matter more than random heads (validated by weakening)"
         elif any(x < 0 for x in signs):
@@ -379,6 +381,8 @@ def _verdicts(r: dict) -> list[str]:
             v = "top heads no better than random, but bottom HRV heads are safer than random (partial)"
         else:
             v = "no difference from random heads at this n"
+        if inverted:
+            v += f"; bottom heads hurt more than top heads with `{'`, `'.join(inverted)}` (LeRHF − MoRHF < 0)"
         out.append(f"{concept} (n={c['items']}): {v}")
     for concept, c in e["concepts"].items():
         sig = c.get("spearman_p_perm", 1.0) < 0.05 and c["spearman"]["mean"] > 0
@@ -447,7 +451,11 @@ def _interpretation(r: dict) -> str:
     for k, cc in e["concepts"].items():
         big = ", ".join(f"{x['head']} (HRV rank {x.get('hrv_rank', '?')} of {cc['heads']})"
                         for x in cc["largest_effects"][:3])
-        rhos.append(f"{k}: ρ {_f(cc['spearman'])}, permutation p {cc.get('spearman_p_perm', float('nan')):.2f}; the "
+        ctrl = (f" (control HRV: ρ {cc['spearman_control_hrv']['mean']:.2f}, p "
+                f"{cc['spearman_control_p_perm']:.2f})" if "spearman_control_p_perm" in cc else "")
+        rhos.append(f"{k}: ρ {_f(cc['spearman'])}, permutation p {cc.get('spearman_p_perm', float('nan')):.2f}{ctrl}; "
+                    f"a shuffled ranking stays within |ρ| < {cc.get('spearman_null_95', float('nan')):.2f} 95 % of "
+                    "the time; the "
                     f"three heads with the largest effect are {big}; they carry "
                     f"{_pct(cc['top3_share_of_positive_effect'])} of the summed positive effect")
     L.append("**Single heads.** " + "; ".join(rhos) + ". A share far above 3/H means a few hub heads do most of "
@@ -485,8 +493,10 @@ def _interpretation(r: dict) -> str:
     L.append(f"**Likely reasons this small model validates HRVs poorly.** (1) Heads: {h['num_heads']} heads, one "
              "or two objects per image; a few hub heads carry an attribute (above) and the rest of the UNet — "
              "self-attention and residual paths — restores much of what the other heads lose. (2) Static votes: "
-             "with a small text encoder and one token per word, the vote is decided largely by key geometry that "
-             "exists before training (see the control), and training reshapes it only partly. (3) The end/padding "
+             "with a small text encoder and one token per word, a head's vote is decided largely by the fixed "
+             "geometry of its keys for the concept-words (HRVs from empty prompts agree with the caption HRVs, in "
+             "the random control as well); nothing makes that geometry point at the heads that write the "
+             "attribute into the image. (3) The end/padding "
              f"route (above). (4) Training: {size}trained briefly on CPU (docs/world.md); attributes it follows "
              "weakly (see the nothing-weakened accuracies) cannot lose much under weakening. (5) Noise: with 0/1 "
              "scores the precision grows only with √n; every interval above says what the n allowed.")
@@ -514,4 +524,6 @@ def _reproduce(r: dict) -> str:
     parts = ", ".join(parts)
     return ("## Reproduce\n\n```bash\nheadlens world report --out docs/world-report      # ≈ "
             f"{s.get('total', 0) / 60:.0f} min on this machine\nheadlens world report --quick --out /tmp/wr   # "
-            f"smoke run\n```\n\nTime per section: {parts}.\n")
+            "smoke run\nheadlens world report --out docs/world-report --resume        # after an interruption\n"
+            "headlens world report --out docs/world-report --render-only   # Markdown from report.json\n```\n\n"
+            f"Time per section: {parts}.\n")

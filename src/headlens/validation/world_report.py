@@ -588,8 +588,12 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
         values = hrv[concept][sel].numpy()
         null = np.array([_spearman(r.effects, perm_rng.permutation(values)) for _ in range(cfg.n_boot)])
         observed = _spearman(r.effects, values)
+        control_values = control_hrv[concept][sel].numpy()
+        control_null = np.array([_spearman(r.effects, perm_rng.permutation(control_values))
+                                 for _ in range(cfg.n_boot)])
+        control_observed = _spearman(r.effects, control_values)
         refs = {"hrv": rho(values),
-                "control_hrv": rho(control_hrv[concept][sel].numpy())}
+                "control_hrv": rho(control_values)}
         others = {c: rho(hrv[c][sel].numpy()) for c in hrv.concepts if c != concept}
         k = min(8, len(sel))
         causal_top = set(r.ranking[:k])
@@ -602,6 +606,7 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
             "spearman": refs["hrv"], "spearman_control_hrv": refs["control_hrv"], "spearman_other_concepts": others,
             "spearman_null_95": float(np.quantile(np.abs(null), 0.95)),
             "spearman_p_perm": float((np.abs(null) >= abs(observed) - 1e-12).mean()),
+            "spearman_control_p_perm": float((np.abs(control_null) >= abs(control_observed) - 1e-12).mean()),
             "top_overlap": {"k": k, "overlap": len(causal_top & hrv_top), "chance": k * k / len(sel)},
             "top3_share_of_positive_effect": top3,
             "largest_effects": [{"head": names[sel.index(h)], "effect": float(r.effects[sel.index(h)]),
