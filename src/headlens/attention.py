@@ -245,6 +245,7 @@ class Session:
         self.batch_cfg = False
         self.manual_steps = False
         self._last_t: float | None = None
+        self._timesteps_cpu: tuple | None = None  # (timesteps tensor, its version, values) — see _timestep_value
         self._saved = None
         self._hook = None
 
@@ -300,10 +301,9 @@ class Session:
             for p in self.plugins:
                 p.on_step(self)
             return None
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        t = float(t.flatten()[0]) if torch.is_tensor(t) else (float(t) if t is not None else None)
         scheduler = getattr(self.pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
+        t = self._timestep_value(kwargs.get("timestep", args[1] if len(args) > 1 else None), timesteps)
         self.num_steps = len(timesteps) if timesteps is not None else 0
         new_run = self._last_t is None or (t is not None and t > self._last_t) or (
             self.num_steps and self.step + 1 >= self.num_steps)
@@ -313,6 +313,29 @@ class Session:
         for p in self.plugins:
             p.on_step(self)
         return None
+
+    def _timestep_value(self, t, timesteps) -> float | None:
+        """The UNet call's timestep as a float, without a device sync when possible.
+
+        Pipelines pass an element of ``scheduler.timesteps`` (or an ``expand`` of it): a view into
+        the same storage. Its value is then read from a CPU copy of ``timesteps`` made once per
+        schedule, so a GPU run does not wait on the device at every UNet evaluation.
+        """
+        if t is None:
+            return None
+        if not torch.is_tensor(t):
+            return float(t)
+        if torch.is_tensor(timesteps) and t.numel() and timesteps.numel() and t.device == timesteps.device \
+                and t.untyped_storage().data_ptr() == timesteps.untyped_storage().data_ptr() \
+                and t.dtype == timesteps.dtype and timesteps.is_contiguous():
+            offset = (t.data_ptr() - timesteps.data_ptr()) // timesteps.element_size()
+            if 0 <= offset < timesteps.numel():
+                cache = self._timesteps_cpu
+                if cache is None or cache[0] is not timesteps or cache[1] != timesteps._version:
+                    cache = self._timesteps_cpu = (timesteps, timesteps._version,
+                                                   timesteps.detach().flatten().cpu().tolist())
+                return float(cache[2][offset])
+        return float(t.flatten()[0])
 
     def _detect_cfg(self) -> bool:
         if self.cfg is not None:
