@@ -225,7 +225,7 @@ def test_average_linkage_equals_naive_upgma():
         Z, order = plots.average_linkage(d)
         assert Z.shape == (n - 1, 4) and sorted(order) == list(range(n))
         members = {i: {i} for i in range(n)}
-        for k, (a, b, dist, size) in enumerate(Z):
+        for k, (a, b, _dist, size) in enumerate(Z):
             members[n + k] = members[int(a)] | members[int(b)]
             assert size == len(members[n + k])
         got = [(frozenset(members[n + k]), Z[k, 2]) for k in range(n - 1)]

@@ -341,7 +341,7 @@ class Session:
         if self.cfg is not None:
             return self.cfg
         try:
-            return bool(getattr(self.pipe, "do_classifier_free_guidance"))
+            return bool(self.pipe.do_classifier_free_guidance)
         except (AttributeError, TypeError):
             return False
 
