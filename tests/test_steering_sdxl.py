@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pytest
 import torch
 
 from headlens import HRV, HeadIndex
@@ -45,3 +48,17 @@ def test_sdxl_noop_and_word_positions():
     assert rec.cells == {(0, h, t) for h in (0, last) for t in red}
     assert np.abs(out - plain).max() > 0
     assert not pipe.text_encoder._forward_pre_hooks
+
+
+def test_sdxl_second_prompt_is_checked():
+    pipe = tiny_sdxl_pipeline()
+    kw = {"num_inference_steps": 2, "output_type": "latent", "height": 16, "width": 16}
+    with steer(pipe) as s:
+        s.weaken(heads=[0], words="red")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # same text in both encoders: no warning
+            pipe("a red car", generator=torch.Generator().manual_seed(0), **kw)
+            pipe("a red car", prompt_2="a red car", generator=torch.Generator().manual_seed(0), **kw)
+        with pytest.warns(UserWarning, match="prompt_2 differs from prompt"):
+            pipe("a red car", prompt_2="an oil painting", generator=torch.Generator().manual_seed(0), **kw)
+    assert not pipe.text_encoder._forward_pre_hooks and not pipe.text_encoder_2._forward_pre_hooks

@@ -25,6 +25,7 @@ or ``s.prompt = ...``; a fixed prompt also lets word errors surface at once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -213,6 +214,7 @@ class SteeringPlugin(Plugin):
         self._prompt: list[str] | None = None
         self.token_maps: list[TokenMap] | None = None
         self._cache: dict = {}
+        self.second: tuple[PromptCapture, object] | None = None  # SDXL: (text_encoder_2 capture, tokenizer_2)
         self.prompt = prompt
 
     # ------------------------------------------------------------------ prompt
@@ -258,6 +260,10 @@ class SteeringPlugin(Plugin):
         if session.step != 0:
             return
         ids = self.capture.take() if self.capture is not None else None
+        if self.second is not None:
+            ids_2 = self.second[0].take()
+            if ids is not None and ids_2 is not None and self.interventions:
+                _check_second_prompt(self.tokenizer, ids, self.second[1], ids_2)
         if self._prompt is not None:
             maps = self.token_maps
         elif ids is not None:
@@ -324,6 +330,10 @@ class Steering:
     def __enter__(self) -> Steering:  # noqa: PYI034
         if self._encoder is not None:
             self.plugin.capture = PromptCapture(self._encoder)
+            second = getattr(self.pipe, "text_encoder_2", None)
+            tok_2 = getattr(self.pipe, "tokenizer_2", None)
+            if second is not None and tok_2 is not None and second is not self._encoder:
+                self.plugin.second = (PromptCapture(second), tok_2)
         try:
             self.session.install()
         except BaseException:
@@ -341,6 +351,9 @@ class Steering:
         if self.plugin.capture is not None:
             self.plugin.capture.remove()
             self.plugin.capture = None
+        if self.plugin.second is not None:
+            self.plugin.second[0].remove()
+            self.plugin.second = None
 
     # ------------------------------------------------------------------ prompt
     @property
@@ -422,6 +435,25 @@ def _words(words) -> str | tuple[str, ...]:
     if not words:
         raise WordNotFoundError("no words given: give words of the prompt or 'all'")
     return words
+
+
+def _prompt_text(tokenizer, row: Sequence[int]) -> str:
+    """The text between the start token and the first end token of a tokenised prompt."""
+    start = 1 if row and row[0] == tokenizer.bos_token_id else 0
+    end = row.index(tokenizer.eos_token_id, start) if tokenizer.eos_token_id in row[start:] else len(row)
+    return tokenizer.decode(list(row[start:end])).strip()
+
+
+def _check_second_prompt(tokenizer, ids, tokenizer_2, ids_2) -> None:
+    """Warn when SDXL's second prompt differs from the first (steering finds words in the first only)."""
+    if len(ids) != len(ids_2):
+        return
+    for a, b in zip(ids, ids_2):
+        if _prompt_text(tokenizer, a) != _prompt_text(tokenizer_2, b):
+            warnings.warn("prompt_2 differs from prompt: SDXL joins both encoders' tokens position by position, "
+                          "and steering finds words in `prompt` only, so it also scales the prompt_2 tokens at "
+                          "those positions; give prompt_2=None (or the same text) when steering", stacklevel=2)
+            return
 
 
 def _text_encoder(pipe):
