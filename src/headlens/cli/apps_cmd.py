@@ -121,11 +121,7 @@ def edit_command(
     if benchmark is not None:
         if source or target:
             raise UserError("give either --source/--target or --benchmark, not both")
-        cases = load_edits(benchmark)
-        if limit is not None:
-            if limit < 1:
-                raise UserError(f"--limit must be ≥ 1 (got {limit})")
-            cases = cases[:limit]
+        cases = _first(load_edits(benchmark), limit)
     else:
         if not source or not target:
             raise UserError("give --source and --target prompts (or --benchmark CONCEPT)")
@@ -183,6 +179,15 @@ def edit_command(
     echo(f"wrote {len(cases)} edit(s) × {len(seed_list)} seed(s) to {out}")
 
 
+def _first(cases: list, limit: int | None) -> list:
+    """The first ``limit`` benchmark cases (all when None)."""
+    if limit is None:
+        return cases
+    if limit < 1:
+        raise UserError(f"--limit must be ≥ 1 (got {limit})")
+    return cases[:limit]
+
+
 def _differing_word(source: str, target: str) -> str:
     a, b = source.split(), target.split()
     diff = [y for x, y in zip(a, b) if x != y] if len(a) == len(b) else [w for w in b if w not in a]
@@ -219,11 +224,7 @@ def excite_command(
     if benchmark is not None:
         if prompt or token:
             raise UserError("give either a prompt with --token or --benchmark, not both")
-        cases = load_multi_concept(benchmark)
-        if limit is not None:
-            if limit < 1:
-                raise UserError(f"--limit must be ≥ 1 (got {limit})")
-            cases = cases[:limit]
+        cases = _first(load_multi_concept(benchmark), limit)
     else:
         if not prompt or not token:
             raise UserError("give a prompt and its subjects with --token WORD:CONCEPT (or --benchmark GROUP)")
