@@ -161,6 +161,29 @@ def test_training_smoke(tmp_path) -> None:
     assert info["unet_steps_done"] == 3 and "vae step" in (tmp_path / "train.log").read_text()
 
 
+def test_training_stages_chain(tmp_path) -> None:
+    """The shipped recipe's three stages (scripts/train_world.sh): VAE only, UNet from scratch, fine-tune."""
+    from safetensors.torch import load_file
+
+    from headlens.world.train import main
+
+    small = ["--n-images", "48", "--batch", "4", "--minutes", "3", "--threads", "1"]
+    vae = main(["--out", str(tmp_path / "vae"), "--vae-steps", "2", "--unet-steps", "0", *small])
+    first = main(["--out", str(tmp_path / "main"), "--vae-from", str(vae), "--unet-steps", "2", *small])
+    # lr 0: the fine-tune must start from exactly the first stage's (EMA) weights and keep them
+    tuned = main(["--out", str(tmp_path / "ft"), "--vae-from", str(vae), "--init-from", str(first),
+                  "--unet-steps", "2", "--lr", "0", *small])
+    import json
+
+    assert json.loads((tmp_path / "vae" / "train_info.json").read_text())["unet_steps_done"] == 0
+    for w in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(first / w)), load_file(str(tuned / w))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), w
+    v0, v1 = (load_file(str(d / "vae/diffusion_pytorch_model.safetensors")) for d in (vae, tuned))
+    assert v0.keys() == v1.keys() and all(torch.equal(v0[k], v1[k]) for k in v0)  # the VAE is reused as is
+    assert "initialised UNet and text encoder from" in (tmp_path / "ft" / "train.log").read_text()
+
+
 @needs_model
 @needs_scorer
 def test_shipped_model_follows_prompts(scorer) -> None:
