@@ -60,7 +60,9 @@ def main() -> None:
         return generate(pipe, ps, a.steps, a.cfg, probe=probe, zero=zero)
 
     res: dict = {}
-    md = [(f"Model `{a.model}`; DDIM {a.steps} steps, guidance {a.cfg}, one seed per prompt; "
+    shown = Path(a.model).resolve()
+    shown = shown.relative_to(Path.cwd()) if shown.is_relative_to(Path.cwd()) else shown
+    md = [(f"Model `{shown}`; DDIM {a.steps} steps, guidance {a.cfg}, one seed per prompt; "
           "judged by `headlens.world.Scorer`; 95 % bootstrap intervals (2,000 resamples)."), ""]
 
     single = single_prompts(a.n_single)
