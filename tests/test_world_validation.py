@@ -58,6 +58,8 @@ def test_prompt_sets_follow_the_world_grammar():
     for prompt, shape, _ in polysemy_prompts(20):
         scene = parse_caption(prompt)
         assert scene.objects[0].color == "orange" and scene.objects[0].shape == shape != "orange"
+    hard = polysemy_prompts(20, shapes=["circle"])
+    assert {shape for _, shape, _ in hard} == {"circle"} and all(p.startswith(("an orange", "a ")) for p, _, _ in hard)
     for p in edit_pairs(20):
         a, b = parse_caption(p["source"]).objects[0], parse_caption(p["target"]).objects[0]
         assert (a.color, b.color) == (p["from"], p["to"]) and a.shape == b.shape and a.position == b.position
@@ -108,10 +110,15 @@ def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path):
     e = data["effects"]["concepts"]["Color"]
     assert e["heads"] == 4 and -1 <= e["spearman"]["mean"] <= 1
     assert set(data["polysemy"]["conditions"]) == {"plain", "adjust", "strengthen", "adjust (head-shuffled HRV)"}
+    hard = data["polysemy_hard"]  # the hard case: 'an orange circle' at its own (low) guidance
+    assert hard["shapes"] == ["circle"] and hard["guidance"] == ReportConfig.quick().poly_hard_guidance
+    assert set(hard["fruit_differences"]) == {"adjust", "strengthen", "adjust (head-shuffled HRV)"}
+    assert data["polysemy"]["guidance"] == ReportConfig.quick().guidance
+    assert "4b. The hard case" in md
     assert set(data["p2p"]["methods"]) == {"independent", "P2P", "P2P-HRV"}
     assert set(data["ae"]["methods"]) == {"SD", "A&E", "A&E-HRV"}
     for name in ("hrv_heatmaps.png", "hrv_concentration.png", "weakening_curves.png", "head_effects.png",
-                 "polysemy_examples.png", "p2p_examples.png", "ae_examples.png"):
+                 "polysemy_examples.png", "polysemy_hard_examples.png", "p2p_examples.png", "ae_examples.png"):
         assert (out / name).stat().st_size > 0
         assert f"report/{name}" in md  # linked relative to the Markdown file
     assert (out / "hrv" / "hrv.json").exists() and (out / "hrv-control" / "hrv.json").exists()
@@ -146,7 +153,8 @@ def test_interrupted_report_resumes_finished_sections(sd_pipe, tmp_path, monkeyp
             run_report(sd_pipe, StubReader(), tmp_path / "r", config=cfg, log=None)
     assert (tmp_path / "r" / ".partial" / "p2p.json").exists()
     r = run_report(sd_pipe, StubReader(), tmp_path / "r", config=cfg, log=None, resume=True)
-    assert r["resumed_sections"] == sorted(["hrv", "attention_mass", "weakening", "effects", "polysemy", "p2p"])
+    assert r["resumed_sections"] == sorted(["hrv", "attention_mass", "weakening", "effects", "polysemy", "polysemy_hard",
+                                            "p2p"])
     assert "ae" in r and (tmp_path / "r.md").exists()
 
 

@@ -86,12 +86,15 @@ def _summary(r: dict) -> str:
                      f"{_f(t['area_lerhf_morhf'])} / {_f(t['area_random_morhf'])} | {c['items']} |")
     for concept, c in r["effects"]["concepts"].items():
         L.append(f"| single-head effects {concept}: Spearman(effect, HRV) | {_f(c['spearman'])} | {c['items']} |")
-    p = r["polysemy"]
-    for name in ("plain", "adjust", "strengthen"):
-        if name in p["conditions"]:
-            L.append(f"| 'an orange {{shape}}' {name}: colour sense / fruit drawn | "
-                     f"{_f(p['conditions'][name]['colour_sense'], True)} / "
-                     f"{_f(p['conditions'][name]['fruit'], True)} | {p['items']} |")
+    for key, label in (("polysemy", "'an orange {{shape}}'"), ("polysemy_hard", "'an orange circle', guidance {g:g}")):
+        p = r.get(key)
+        if not p:
+            continue
+        for name in ("plain", "adjust", "strengthen"):
+            if name in p["conditions"]:
+                L.append(f"| {label.format(g=p.get('guidance', 0))} {name}: colour sense / fruit drawn | "
+                         f"{_f(p['conditions'][name]['colour_sense'], True)} / "
+                         f"{_f(p['conditions'][name]['fruit'], True)} | {p['items']} |")
     e = r["p2p"]
     for name in ("P2P", "P2P-HRV"):
         m = e["methods"][name]
@@ -251,6 +254,22 @@ def _polysemy(r: dict, out: Path, md: Path) -> str:
     L.append("*Leaf pixels*: pixels within RGB distance 60 of the fruit's leaf green — the model sometimes puts the "
              "fruit's leaf on an orange square, a graded cue of the fruit sense that the shape reader does not see.")
     L.append("")
+    L += _polysemy_table(p, out, md, "orange examples")
+    h = r.get("polysemy_hard")
+    if h:
+        L.append(f"### 4b. The hard case: 'an orange circle' at guidance {h.get('guidance', 2.0):g}")
+        L.append("")
+        L.append(f"The fruit is an orange disc with a leaf, so 'an orange circle' is where the two senses are "
+                 f"closest; at low guidance the model's prior (the fruit is the dominant sense of *orange* in "
+                 f"training) shows. Same four conditions, {h['items']} prompt × seed items (size and position said "
+                 f"half the time), guidance {h.get('guidance', 2.0):g} instead of {r['config']['guidance']:g}.")
+        L.append("")
+        L += _polysemy_table(h, out, md, "orange circle examples")
+    return "\n".join(L)
+
+
+def _polysemy_table(p: dict, out: Path, md: Path, alt: str) -> list[str]:
+    L = []
     L.append("| condition | colour sense | fruit drawn | object read as orange | intended shape | "
              "colour sense − plain (paired) | leaf pixels per image | leaf pixels − plain (paired) |")
     L.append("|---|---|---|---|---|---|---|---|")
@@ -260,9 +279,13 @@ def _polysemy(r: dict, out: Path, md: Path) -> str:
         L.append(f"| {name} | {_f(c['colour_sense'], True)} | {_f(c['fruit'], True)} | {_f(c['orange_colour'], True)} "
                  f"| {_f(c['intended_shape'], True)} | {diff} | {_f(c.get('leaf_pixels'), d=2)} | {ldiff} |")
     L.append("")
-    L.append(_img(out, md, p["files"]["examples"], "orange examples"))
+    if "fruit_differences" in p:
+        L.append("Fruit drawn − plain (paired): " + "; ".join(f"{k} {_f(v, True)}" for k, v in
+                                                               p["fruit_differences"].items()) + ".")
+        L.append("")
+    L.append(_img(out, md, p["files"]["examples"], alt))
     L.append("")
-    return "\n".join(L)
+    return L
 
 
 def _p2p(r: dict, out: Path, md: Path) -> str:
@@ -392,6 +415,14 @@ def _verdicts(r: dict) -> list[str]:
     d = p["differences"].get("adjust")
     if d:
         out.append(f"polysemy: adjusting changes the colour-sense rate by {_f(d, True)}")
+    h = r.get("polysemy_hard")
+    if h and "fruit_differences" in h:
+        out.append(f"polysemy, hard case ('an orange circle', guidance {h.get('guidance', 0):g}; fruit drawn "
+                   f"{_pct(h['conditions']['plain']['fruit']['mean'])} plain): adjusting changes the fruit rate by "
+                   f"{_f(h['fruit_differences']['adjust'], True)}, the colour-sense rate by "
+                   f"{_f(h['differences']['adjust'], True)}; with a head-shuffled HRV "
+                   f"{_f(h['fruit_differences'].get('adjust (head-shuffled HRV)'), True)} / "
+                   f"{_f(h['differences'].get('adjust (head-shuffled HRV)'), True)}")
     return out
 
 
@@ -474,6 +505,19 @@ def _interpretation(r: dict) -> str:
              + ((" Leaf pixels (fruit cue), change vs plain: " + "; ".join(
                  f"{name} {_f(v, d=2)}" for name, v in p["leaf_differences"].items())
                  + f" (plain {_f(plain['leaf_pixels'], d=2)} per image).") if "leaf_differences" in p else ""))
+    hard = r.get("polysemy_hard")
+    if hard and "fruit_differences" in hard:
+        hp = hard["conditions"]["plain"]
+        L.append("")
+        L.append(f"**Polysemy, hard case.** For 'an orange circle' at guidance {hard.get('guidance', 0):g} the model "
+                 f"draws the fruit {_pct(hp['fruit']['mean'])} of the time without steering — the misreading is real "
+                 "there. Fruit drawn, change vs plain: " + "; ".join(
+                     f"{name} {_f(v, True)}" for name, v in hard["fruit_differences"].items())
+                 + "; colour sense, change vs plain: " + "; ".join(
+                     f"{name} {_f(v, True)}" for name, v in hard["differences"].items()) + ". "
+                 + _verdict(hard["fruit_differences"]["adjust"], "Adjusting draws the fruit *more* often.",
+                            "Adjusting toward Color / away from Shape reduces the misreading.",
+                            "Adjusting does not change the misreading at this n."))
     L.append("")
     pe, ae = r["p2p"], r["ae"]
     L.append("**Editing and multi-object generation.** P2P-HRV vs P2P colour-edit success: "

@@ -65,6 +65,10 @@ class ReportConfig:
     effects_tokens: str = "words+end"
     effects_heads: str | tuple[int, ...] = "all"
     poly_items: int = 200
+    # the hard case: 'an orange circle' (the fruit is an orange disc) at low guidance, where the model
+    # really misreads "orange" as the fruit; 0 items skips it
+    poly_hard_items: int = 200
+    poly_hard_guidance: float = 2.0
     p2p_items: int = 48
     ae_items: int = 30
     mass_items: int = 32  # attention mass per token class (start / words / end / padding)
@@ -77,7 +81,7 @@ class ReportConfig:
         """Tiny sizes for a smoke run and the test (a minute on a tiny model)."""
         return cls(steps=3, batch_size=8, hrv_prompts=4, weaken={"Color": 4, "Shape": 4}, weaken_seeds=(10, 20),
                    ks=(0, 2), random_groups=2, effects={"Color": 2}, effects_seeds=(10,), effects_heads=(0, 1, 2, 3),
-                   poly_items=4, p2p_items=2, ae_items=1, mass_items=4, empty_prompts=2, n_boot=200)
+                   poly_items=4, poly_hard_items=4, p2p_items=2, ae_items=1, mass_items=4, empty_prompts=2, n_boot=200)
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -120,10 +124,13 @@ def attribute_prompts(concept: str, n: int, seed: int = 0) -> list[tuple[str, st
     return out
 
 
-def polysemy_prompts(n: int, seed: int = 0) -> list[tuple[str, str, int]]:
-    """(prompt, intended shape, seed): 'an orange {shape}', size and position said half the time."""
-    vocab, shapes, _ = _vocab()
-    rng = _rng(seed, 100)
+def polysemy_prompts(n: int, seed: int = 0, shapes: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+    """(prompt, intended shape, seed): 'an orange {shape}', size and position said half the time.
+
+    ``shapes``: the shapes to draw from (default: all geometric shapes)."""
+    vocab, geometric, _ = _vocab()
+    shapes = list(shapes) if shapes else list(geometric)
+    rng = _rng(seed, 100 if shapes == list(geometric) else 101)
     out = []
     for i in range(n):
         o = vocab.ObjectSpec(shape=shapes[rng.integers(len(shapes))], color="orange")
@@ -642,12 +649,18 @@ def _plot_effects(res: dict, path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- section 4: polysemy
-def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path) -> dict:
-    """'an orange {shape}': colour sense vs fruit, plain vs adjust / strengthen / adjust with a head-shuffled HRV."""
+def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path, *, hard: bool = False) -> dict:
+    """'an orange {shape}': colour sense vs fruit, plain vs adjust / strengthen / adjust with a head-shuffled HRV.
+
+    ``hard``: the hard case instead — 'an orange circle' at ``cfg.poly_hard_guidance``."""
     from ..analysis.common import Item
     from ..hrv import HRV
 
-    prompts = polysemy_prompts(cfg.poly_items, cfg.seed)
+    if hard:
+        prompts = polysemy_prompts(cfg.poly_hard_items, cfg.seed, shapes=["circle"])
+        settings = replace(settings, guidance_scale=cfg.poly_hard_guidance)
+    else:
+        prompts = polysemy_prompts(cfg.poly_items, cfg.seed)
     items = [Item(p, s, seed) for p, s, seed in prompts]
     perm = torch.from_numpy(_rng(cfg.seed, 400).permutation(hrv.num_heads))
     shuffled = HRV.from_matrix(hrv.matrix[:, perm], hrv.heads, hrv.concepts, hrv.words)
@@ -657,9 +670,11 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
         "strengthen": (lambda s: s.strengthen("orange", "Color"), hrv),
         "adjust (head-shuffled HRV)": (lambda s: s.adjust("orange", toward="Color", away="Shape"), shuffled),
     }
-    res: dict = {"items": len(items), "conditions": {}, "images": len(items) * len(conditions)}
+    res: dict = {"items": len(items), "conditions": {}, "images": len(items) * len(conditions),
+                 "guidance": settings.guidance_scale, "shapes": sorted({it.target for it in items})}
     reads: dict = {}
     leaves: dict = {}
+    fruits: dict = {}
     examples: dict = {}
     for name, (setup, h) in conditions.items():
         images = _images(pipe, items, settings, setup, h)
@@ -672,17 +687,22 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
         leaf = np.array([_leaf_pixels(im) for im in images], dtype=float)
         reads[name] = colour
         leaves[name] = leaf
+        fruits[name] = fruit
         res["conditions"][name] = {"colour_sense": mean_ci(colour, cfg.n_boot), "fruit": mean_ci(fruit, cfg.n_boot),
                                    "orange_colour": mean_ci(orange, cfg.n_boot),
                                    "intended_shape": mean_ci(shape_ok, cfg.n_boot),
                                    "leaf_pixels": mean_ci(leaf, cfg.n_boot)}
         examples[name] = images[:8]
-        log(f"polysemy {name}: colour sense {fmt(res['conditions'][name]['colour_sense'], pct=True)}")
+        log(f"polysemy{' (hard case)' if hard else ''} {name}: colour sense "
+            f"{fmt(res['conditions'][name]['colour_sense'], pct=True)}, fruit {fmt(res['conditions'][name]['fruit'], pct=True)}")
     res["differences"] = {name: mean_ci(reads[name] - reads["plain"], cfg.n_boot)
                           for name in conditions if name != "plain"}
     res["leaf_differences"] = {name: mean_ci(leaves[name] - leaves["plain"], cfg.n_boot)
                                for name in conditions if name != "plain"}
-    res["files"] = {"examples": _grid(examples, [it.prompt for it in items[:8]], out / "polysemy_examples.png")}
+    res["fruit_differences"] = {name: mean_ci(fruits[name] - fruits["plain"], cfg.n_boot)
+                                for name in conditions if name != "plain"}
+    png = "polysemy_hard_examples.png" if hard else "polysemy_examples.png"
+    res["files"] = {"examples": _grid(examples, [it.prompt for it in items[:8]], out / png)}
     return res
 
 
@@ -885,6 +905,8 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                  ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out)),
                  ("polysemy", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out)),
+                 *([("polysemy_hard", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out, hard=True))]
+                   if cfg.poly_hard_items else []),
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
         for name, fn in steps:
