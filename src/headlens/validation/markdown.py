@@ -517,7 +517,9 @@ def _interpretation(r: dict) -> str:
                      f"{name} {_f(v, True)}" for name, v in hard["differences"].items()) + ". "
                  + _verdict(hard["fruit_differences"]["adjust"], "Adjusting draws the fruit *more* often.",
                             "Adjusting toward Color / away from Shape reduces the misreading.",
-                            "Adjusting does not change the misreading at this n."))
+                            "Adjusting does not change the misreading at this n.")
+                 + " Which token carries the fruit sense (column interventions on single tokens): "
+                 "`scripts/world_polysemy_route.py`, results in docs/world.md, 'Where the fruit misreading travels'.")
     L.append("")
     pe, ae = r["p2p"], r["ae"]
     L.append("**Editing and multi-object generation.** P2P-HRV vs P2P colour-edit success: "
@@ -528,8 +530,9 @@ def _interpretation(r: dict) -> str:
              f"{_f(ae['diff_hrv_minus_ae'], True)} (n={ae['items']}); "
              + _verdict(ae["diff_hrv_minus_ae"], "A&E-HRV leaves *more* objects out.", "A&E-HRV leaves fewer "
                         "objects out.", "no difference between A&E-HRV and A&E at this n.")
-             + " Both applications are limited by the model's weak shapes: the reader finds the named shape "
-             "only part of the time even without any intervention.")
+             + f" Without any intervention a named shape is missing from {_pct(ae['methods']['SD']['shape_missing']['mean'])}"
+             " of the two-object images: this small model binds two shapes weakly, and A&E's latent updates over "
+             "a 4×4/8×8 map of 56 heads have little room to fix that.")
     L.append("")
     info = r.get("model_info", {})
     size = (f"a UNet of {info['unet_parameters'] / 1e6:.2f} M parameters and a text encoder of "
