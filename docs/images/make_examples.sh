@@ -26,8 +26,15 @@ for p in sorted(Path(sys.argv[1]).glob("*.png")):
         Image.open(p).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(p, optimize=True)
     print(f"{p}: {p.stat().st_size // 1024} KB")
 PY
-# report.png (optional, needs chromium):
-#   .venv/bin/headlens report "$HRV" --latent-size 16 --out /tmp/world-report.html
-#   chromium --headless --no-sandbox --hide-scrollbars --window-size=1100,1500 \
-#       --screenshot=/tmp/world-report.png file:///tmp/world-report.html
-#   then resize to 880×1200 and palette-quantise as above
+# report.png: the top of `headlens report`, rendered by headless Chromium (skipped without chromium)
+if command -v chromium >/dev/null; then
+    $HL report "$HRV" --latent-size 16 --out /tmp/world-report.html
+    chromium --headless --no-sandbox --hide-scrollbars --window-size=1100,1500 \
+        --screenshot=/tmp/world-report.png file:///tmp/world-report.html 2>/dev/null
+    .venv/bin/python - "$OUT" <<'PY'
+import sys
+from PIL import Image
+im = Image.open("/tmp/world-report.png").convert("RGB").resize((880, 1200), Image.LANCZOS)
+im.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(f"{sys.argv[1]}/report.png", optimize=True)
+PY
+fi
