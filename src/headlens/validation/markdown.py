@@ -531,8 +531,7 @@ def _interpretation(r: dict) -> str:
              + _verdict(ae["diff_hrv_minus_ae"], "A&E-HRV leaves *more* objects out.", "A&E-HRV leaves fewer "
                         "objects out.", "no difference between A&E-HRV and A&E at this n.")
              + f" Without any intervention a named shape is missing from {_pct(ae['methods']['SD']['shape_missing']['mean'])}"
-             " of the two-object images: this small model binds two shapes weakly, and A&E's latent updates over "
-             "a 4×4/8×8 map of 56 heads have little room to fix that.")
+             " of the two-object images: this small model binds two shapes weakly.")
     L.append("")
     info = r.get("model_info", {})
     size = (f"a UNet of {info['unet_parameters'] / 1e6:.2f} M parameters and a text encoder of "

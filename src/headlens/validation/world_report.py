@@ -53,8 +53,9 @@ class ReportConfig:
     batch_size: int = 50
     hrv_prompts: int = 128  # world.default_prompts, split in two halves (split-half reliability)
     control_seed: int = 1234  # seed of the random-init control's UNet and text encoder
-    weaken: dict[str, int] = field(default_factory=lambda: {"Color": 200, "Shape": 200, "Size": 20, "Position": 20,
-                                                            "Pattern": 20, "Background": 20})
+    # Position: 40 only — the model does not follow it (docs/world.md), so its curves cannot test the HRV
+    weaken: dict[str, int] = field(default_factory=lambda: {"Color": 200, "Shape": 200, "Size": 200, "Position": 40,
+                                                            "Pattern": 200, "Background": 200})
     weaken_seeds: tuple[int, ...] = (10, 20, 30, 40)  # up to n/10 of them per concept (≥ 1)
     ks: tuple[int, ...] = (0, 6, 20)  # H (all heads) is always added
     random_groups: int = 5  # random-order control: items split in groups, one random head order per group
@@ -69,8 +70,8 @@ class ReportConfig:
     # really misreads "orange" as the fruit; 0 items skips it
     poly_hard_items: int = 200
     poly_hard_guidance: float = 2.0
-    p2p_items: int = 48
-    ae_items: int = 30
+    p2p_items: int = 200
+    ae_items: int = 200
     mass_items: int = 32  # attention mass per token class (start / words / end / padding)
     empty_prompts: int = 32  # HRV from empty prompts: do votes depend on what is generated?
     n_boot: int = 1000
