@@ -75,6 +75,9 @@ def demo_command(
     for tokens, area in result.areas.items():
         echo(f"    area between LeRHF and MoRHF ({tokens}): {area.value:+.3f} [95% CI {area.low:+.3f}, {area.high:+.3f}]"
              " — positive means the HRV's top heads matter most")
+        if area.high < 0:
+            echo("    (negative: on this model the HRV's bottom heads hurt this concept more than its top heads — a "
+                 "measured result, see docs/world-report.md; `--concept Size` is one the model does validate)")
     echo(f"    curve: {result.files['plot']}   scores: {result.files['curves']}")
 
     echo("[4/4] writing the HTML report")
