@@ -137,6 +137,13 @@ def main(argv: list[str] | None = None) -> Path:
         log(f"reusing the VAE from {src}")
     else:
         vae = train_vae(images, a.vae_steps, a.batch, log, gen)
+    if a.unet_steps == 0:  # VAE-only stage: no latents, no UNet; the pipeline folder carries the VAE
+        save_pipeline(make_pipeline(vae, make_text_encoder(tok), tok, make_unet()), out / "pipeline")
+        info = {"args": vars(a), "unet_steps_done": 0, "unet_steps_planned": 0, "unet_minutes": 0.0,
+                "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": None, "final_loss": None}
+        (out / "train_info.json").write_text(json.dumps(info, indent=1))
+        log(f"done (VAE only) {info}")
+        return out / "pipeline"
     cache = out / "latents.safetensors"
     key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}"
     if cache.exists() and safe_open(str(cache), "pt").metadata().get("key") == key:
