@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-create the shipped world model (src/headlens/world/model) the way it was made: three runs of the
-# same training script, ≈ 88 min together on the project's 2-core CPU machine when it is otherwise idle
-# (VAE ≈ 4.5 min, UNet + text encoder 63 min, fine-tune 20 min). See docs/world.md, "Training".
+# same training script, ≈ 85 min together on the project's 2-core CPU machine when it is otherwise idle
+# (VAE 5.1 min, UNet + text encoder 63 min, fine-tune 17 min). See docs/world.md, "Training".
 #   bash scripts/train_world.sh [OUT]        # then copy OUT/ft1/pipeline/* to src/headlens/world/model/
 # The learning-rate schedule follows max(step fraction, time fraction): on a slower or busy machine the
 # runs end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
