@@ -43,25 +43,23 @@ def main() -> None:
     perm = torch.from_numpy(np.random.default_rng([0, 400]).permutation(hrv.num_heads))
     shuffled = headlens.HRV.from_matrix(hrv.matrix[:, perm], hrv.heads, hrv.concepts, hrv.words)
     items = polysemy_prompts(a.n, 0, shapes=["circle"])
+    # name -> (HRV to steer with, what to do inside the steering context)
     conditions = {
-        "plain": None,
-        "'orange' column × 0 at every head": lambda s: s.weaken(every, words="orange", factor=0.0),
-        "'orange' + end/padding columns × 0 at every head": lambda s: s.weaken(every, words="orange", factor=0.0,
-                                                                              tokens="words+end"),
-        "adjust 'orange' toward Color, away from Shape (words+end)": lambda s: s.adjust(
-            "orange", toward="Color", away="Shape", tokens="words+end"),
-        "same, head-shuffled HRV (control)": ("shuffled", lambda s: s.adjust(
-            "orange", toward="Color", away="Shape", tokens="words+end")),
-        "'circle' column × 3 at every head": lambda s: s.weaken(every, words="circle", factor=3.0),
-        "strengthen 'circle' by HRV_Shape": lambda s: s.strengthen("circle", "Shape"),
+        "plain": (hrv, None),
+        "'orange' column × 0 at every head": (hrv, lambda s: s.weaken(every, words="orange", factor=0.0)),
+        "'orange' + end/padding columns × 0 at every head": (
+            hrv, lambda s: s.weaken(every, words="orange", factor=0.0, tokens="words+end")),
+        "adjust 'orange' toward Color, away from Shape (words+end)": (
+            hrv, lambda s: s.adjust("orange", toward="Color", away="Shape", tokens="words+end")),
+        "same, head-shuffled HRV (control)": (
+            shuffled, lambda s: s.adjust("orange", toward="Color", away="Shape", tokens="words+end")),
+        "'circle' column × 3 at every head": (hrv, lambda s: s.weaken(every, words="circle", factor=3.0)),
+        "strengthen 'circle' by HRV_Shape": (hrv, lambda s: s.strengthen("circle", "Shape")),
     }
     fruit: dict[str, np.ndarray] = {}
     colour: dict[str, np.ndarray] = {}
-    for name, setup in conditions.items():
+    for name, (use, setup) in conditions.items():
         f, c = [], []
-        use = hrv
-        if isinstance(setup, tuple):  # ("shuffled", setup): the same steering with the head-shuffled HRV
-            use, setup = shuffled, setup[1]
         for i in range(0, len(items), 50):
             part = items[i:i + 50]
             with headlens.steer(pipe, use) as s:
