@@ -61,7 +61,7 @@ class ReportConfig:
     random_groups: int = 5  # random-order control: items split in groups, one random head order per group
     token_sets: tuple[str, ...] = ("words", "words+end")
     weaken_tokens: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per-concept override of token_sets
-    effects: dict[str, int] = field(default_factory=lambda: {"Color": 16, "Shape": 16})
+    effects: dict[str, int] = field(default_factory=lambda: {"Color": 64, "Shape": 64})
     effects_seeds: tuple[int, ...] = (10, 20)
     effects_tokens: str = "words+end"
     effects_heads: str | tuple[int, ...] = "all"
