@@ -696,12 +696,8 @@ def polysemy_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: P
         examples[name] = images[:8]
         log(f"polysemy{' (hard case)' if hard else ''} {name}: colour sense "
             f"{fmt(res['conditions'][name]['colour_sense'], pct=True)}, fruit {fmt(res['conditions'][name]['fruit'], pct=True)}")
-    res["differences"] = {name: mean_ci(reads[name] - reads["plain"], cfg.n_boot)
-                          for name in conditions if name != "plain"}
-    res["leaf_differences"] = {name: mean_ci(leaves[name] - leaves["plain"], cfg.n_boot)
-                               for name in conditions if name != "plain"}
-    res["fruit_differences"] = {name: mean_ci(fruits[name] - fruits["plain"], cfg.n_boot)
-                                for name in conditions if name != "plain"}
+    for key, per in (("differences", reads), ("leaf_differences", leaves), ("fruit_differences", fruits)):
+        res[key] = {name: mean_ci(per[name] - per["plain"], cfg.n_boot) for name in conditions if name != "plain"}
     png = "polysemy_hard_examples.png" if hard else "polysemy_examples.png"
     res["files"] = {"examples": _grid(examples, [it.prompt for it in items[:8]], out / png)}
     return res
