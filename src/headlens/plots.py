@@ -206,10 +206,11 @@ def display_model_name(name) -> str:
         return s
     p = Path(s).expanduser()
     try:
-        from .world import model_path
+        from .world import VARIANTS, model_path
 
-        if p.resolve() == model_path().resolve():
-            return "headlens world model"
+        for variant in VARIANTS:
+            if p.resolve() == model_path(variant).resolve():
+                return "headlens world model" if variant == "default" else f"headlens world-{variant} model"
     except (ImportError, OSError):
         pass
     return "/".join(p.parts[-2:]) if len(p.parts) > 1 else s

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo, load_model
+from .common import UserError, echo, is_world, load_model
 
 
 def _print_top_heads(hrv, k: int = 5, concepts: list[str] | None = None) -> None:
@@ -59,7 +59,7 @@ def build_command(
     from headlens.building import build
     from headlens.concepts import load_prompts
 
-    if model in ("world", "default"):
+    if is_world(model):
         concepts = "world" if concepts == "default" else concepts
         prompts = "world" if prompts == "default" else prompts
     from headlens.concepts import ConceptSet

@@ -64,18 +64,25 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
+def is_world(model: str | None) -> bool:
+    """True for the names of the shipped world models ('world', 'world-joint')."""
+    from headlens import world
+
+    return world.variant_of(model) is not None
+
+
 def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
-    """A diffusers text-to-image pipeline from a hub id, a local folder, 'world' or 'tiny'."""
+    """A diffusers text-to-image pipeline from a hub id, a local folder, 'world', 'world-joint' or 'tiny'."""
     import torch
 
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                    "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(dtype)
     if torch_dtype is None:
         raise UserError(f"unknown dtype {dtype!r}: use float32, float16 or bfloat16")
-    if model in ("world", "default"):
-        from headlens import world
+    from headlens import world
 
-        pipe = world.load_pipeline()
+    if world.variant_of(model):
+        pipe = world.load_pipeline(variant=world.variant_of(model))
     elif model == "tiny":
         from headlens.testing import tiny_sd_pipeline
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo, load_model, parse_seeds, stdout
+from .common import UserError, echo, is_world, load_model, parse_seeds, stdout
 
-MODEL_HELP = "Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random tiny smoke-test model."
+MODEL_HELP = "Hub id or local pipeline folder; 'world' = the bundled model ('world-joint': its jointly trained contrast), 'tiny' = a random tiny smoke-test model."
 HRV_HELP = "HRV folder (hrv.safetensors + hrv.json, from `headlens build`) built for this model."
 SCORER_HELP = ("How images are scored against their concept-word: 'auto' (world model: ground truth, else CLIP), "
                "'clip[:MODEL]' (transformers CLIP, hub id or local folder), 'openclip[:ARCH/PRETRAINED]' "
@@ -124,7 +124,7 @@ def parse_heads(spec: str, hrv, concept: str, heads) -> list[int] | str:
 def _prompts_arg(spec: str, model: str):
     """The `prompts` argument of the analyses from --prompts."""
     if spec in ("default", "world"):
-        return "world" if (spec == "world" or model in ("world", "default")) else None
+        return "world" if (spec == "world" or is_world(model)) else None
     p = Path(spec)
     if not p.is_file():
         raise UserError(f"prompt file {spec!r} not found; give 'default', 'world', a template .toml or a text file")
@@ -149,7 +149,7 @@ def _scorer(spec: str, model: str, concept: str, device: str):
     from headlens.scorers import make_scorer
 
     if spec == "auto":
-        spec = "world" if model in ("world", "default") else "clip"
+        spec = "world" if is_world(model) else "clip"
     if spec.startswith(("clip", "openclip")):
         from transformers.utils import logging as hf_logging
 
@@ -201,7 +201,7 @@ def generate_command(
     if benchmark:
         if prompt is not None or adjusts or strengths:
             raise UserError("--benchmark runs the benchmark's own prompts; leave out PROMPT, --adjust and --strengthen")
-        todo = world_cases() if (model in ("world", "default") and cases is None) else load_cases(cases)
+        todo = world_cases() if (is_world(model) and cases is None) else load_cases(cases)
     else:
         if prompt is None:
             raise UserError("give a PROMPT (or --benchmark)")

@@ -20,7 +20,7 @@ def report_command(
     out: Path = typer.Option(Path("docs/world-report"), "--out", "-o", help="Folder for the PNG plots, report.json and the HRVs."),
     markdown: Path = typer.Option(None, "--markdown", help="Markdown file to write (default: <out>.md beside the folder)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sample sizes (a smoke run of every section, about a minute)."),
-    model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled model) or a local pipeline folder with the world's vocabulary."),
+    model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled default model), 'world-joint' (the jointly trained one) or a local pipeline folder with the world's vocabulary."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads. 1 (default) is bit-reproducible and fastest on a busy shared machine; 0 = torch's default."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
@@ -39,17 +39,18 @@ def report_command(
         return
     if threads:
         torch.set_num_threads(threads)
-    folder = None if model in ("world", "default") else Path(model)
-    path = folder or world.model_path()
+    variant = world.variant_of(model)
+    folder = None if variant else Path(model)
+    path = folder or world.model_path(variant)
     if not (path / "model_index.json").exists():
         raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
                         "`python -m headlens.world.train` or give --model FOLDER")
-    pipe = world.load_pipeline(folder=folder)
+    pipe = world.load_pipeline(folder=folder, variant=variant or "default")
     try:
         reader = world.Scorer()
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     cfg = ReportConfig.quick() if quick else ReportConfig()
     cfg.seed = seed
-    name = "bundled world model" if folder is None else f"world model at {folder}"
+    name = {"default": "bundled world model", "joint": "bundled world-joint model"}.get(variant, f"world model at {folder}")
     run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)

@@ -10,7 +10,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
 HEADS = 8
 TEXT_DIM = 64
@@ -27,17 +27,65 @@ def make_vae() -> AutoencoderKL:
     )
 
 
-def make_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
-    """A small causal CLIP text encoder over the world tokenizer."""
-    cfg = CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=3,
+def text_config(tok: CLIPTokenizer, layers: int = 3) -> CLIPTextConfig:
+    """The world's causal, EOS-pooled CLIP text tower (hidden 64, 4 heads)."""
+    return CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=4 * TEXT_DIM, num_hidden_layers=layers,
         num_attention_heads=4, max_position_embeddings=tok.model_max_length, projection_dim=TEXT_DIM,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    return CLIPTextModel(cfg)
 
 
-def make_unet() -> UNet2DConditionModel:
+def make_text_encoder(tok: CLIPTokenizer, layers: int = 3) -> CLIPTextModel:
+    """A small causal CLIP text encoder over the world tokenizer (3 layers: the joint model's)."""
+    return CLIPTextModel(text_config(tok, layers))
+
+
+CLIP_TEXT_LAYERS = 4
+
+
+def make_clip(tok: CLIPTokenizer) -> CLIPModel:
+    """The world CLIP: the text tower above (4 layers) and a ViT on 32x32 renders (8x8 patches)."""
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=TEXT_DIM,
+                              intermediate_size=4 * TEXT_DIM, num_hidden_layers=4, num_attention_heads=4,
+                              projection_dim=TEXT_DIM)
+    cfg = CLIPConfig(text_config=text_config(tok, CLIP_TEXT_LAYERS).to_dict(), vision_config=vision.to_dict(),
+                     projection_dim=TEXT_DIM)
+    return CLIPModel(cfg)
+
+
+def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
+    """A CLIPTextModel holding exactly the CLIP's text tower weights (what the pipeline ships)."""
+    te = CLIPTextModel(clip.config.text_config)
+    getattr(te, "text_model", te).load_state_dict(clip.text_model.state_dict())  # transformers 5 flattens it
+    return te.eval()
+
+
+ARCHS = ("sd", "joint")
+
+
+def make_unet(arch: str = "sd") -> UNet2DConditionModel:
+    """The world UNet: 'sd' (default model) or 'joint' (the first, jointly trained model)."""
+    if arch == "sd":
+        return make_unet_sd()
+    if arch == "joint":
+        return make_unet_joint()
+    raise ValueError(f"unknown UNet arch {arch!r}; use one of {', '.join(ARCHS)}")
+
+
+def make_unet_sd() -> UNet2DConditionModel:
+    """SD1.x's layout, scaled down: 4 levels (16², 8², 4², mid 2²), 10 cross-attention layers x 8 heads = 80."""
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=HEADS,  # legacy naming: with num_attention_heads unset this is the head count
+        cross_attention_dim=TEXT_DIM, norm_num_groups=16,
+    )
+
+
+def make_unet_joint() -> UNet2DConditionModel:
     """UNet on 4x16x16 latents, 8 heads in each of 7 cross-attention layers (16², 8², 4² mid)."""
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,

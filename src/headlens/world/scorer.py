@@ -27,8 +27,8 @@ _BG = np.array(list(BACKGROUNDS.values()), dtype=np.float32)
 
 
 def scorer_path() -> Path:
-    """Where the scorer weights ship (beside the pipeline; diffusers ignores the folder)."""
-    return Path(__file__).parent / "model" / "scorer" / "scorer.safetensors"
+    """Where the scorer weights ship (it reads images, so it serves every world model)."""
+    return Path(__file__).parent / "scorer" / "scorer.safetensors"
 
 
 class CropNet(nn.Module):

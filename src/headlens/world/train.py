@@ -1,6 +1,10 @@
-"""Train the bundled world model from scratch: VAE, latents, then UNet + text encoder.
+"""Train the bundled world model: VAE, latents, then the UNet (with a frozen pre-trained text encoder).
 
-python -m headlens.world.train --out runs/world/main --minutes 85 --seed 0
+python -m headlens.world.train --out runs/world/main --text-encoder-from runs/world/clip/clip --minutes 85
+
+With --text-encoder-from (the default model's recipe) the text encoder is the world CLIP's text tower,
+frozen: the denoiser's loss never reaches it, as in Stable Diffusion. Without it (--arch joint, the first
+model's recipe) a text encoder is trained jointly with the UNet from scratch.
 """
 from __future__ import annotations
 
@@ -16,8 +20,18 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTokenizer
 
-from .model import make_pipeline, make_text_encoder, make_unet, make_vae, save_pipeline, train_scheduler
+from .model import (
+    ARCHS,
+    make_pipeline,
+    make_text_encoder,
+    make_unet,
+    make_vae,
+    save_pipeline,
+    text_encoder_from_clip,
+    train_scheduler,
+)
 from .render import render_array
 from .tokenizer import build_tokenizer, check_tokenizer
 from .vocab import sample_caption
@@ -107,7 +121,11 @@ def main(argv: list[str] | None = None) -> Path:
                     help="UNet steps; the cosine schedule follows max(step/steps, time used/time left), so a "
                     "slow machine ends on time with a decayed learning rate (the log says which bound ended it)")
     ap.add_argument("--no-time-schedule", action="store_true", help="schedule by steps only (exact repeats)")
-    ap.add_argument("--init-from", default="", help="continue from a pipeline folder's UNet and text encoder")
+    ap.add_argument("--arch", choices=ARCHS, default="sd", help="UNet layout: sd (80 heads) or joint (56 heads)")
+    ap.add_argument("--text-encoder-from", default="",
+                    help="a world CLIP folder (headlens.world.clip_train): its text tower, frozen, is the text "
+                    "encoder; without it the text encoder trains jointly with the UNet")
+    ap.add_argument("--init-from", default="", help="continue from a pipeline folder's UNet (and text encoder)")
     ap.add_argument("--vae-from", default="", help="reuse a trained VAE (a pipeline folder or its vae/ folder)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         vae = train_vae(images, a.vae_steps, a.batch, log, gen)
     if a.unet_steps == 0:  # VAE-only stage: no latents, no UNet; the pipeline folder carries the VAE
-        save_pipeline(make_pipeline(vae, make_text_encoder(tok), tok, make_unet()), out / "pipeline")
+        save_pipeline(make_pipeline(vae, make_text_encoder(tok), tok, make_unet(a.arch)), out / "pipeline")
         info = {"args": vars(a), "unet_steps_done": 0, "unet_steps_planned": 0, "unet_minutes": 0.0,
                 "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": None, "final_loss": None}
         (out / "train_info.json").write_text(json.dumps(info, indent=1))
@@ -164,23 +182,39 @@ def main(argv: list[str] | None = None) -> Path:
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt")["input_ids"]
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")["input_ids"]
-    unet, te = make_unet(), make_text_encoder(tok)
-    unet_ema, te_ema = make_unet(), make_text_encoder(tok)
+    frozen = bool(a.text_encoder_from)
+    if frozen:
+        from transformers import CLIPModel
+
+        clip_tok = CLIPTokenizer.from_pretrained(a.text_encoder_from)
+        if clip_tok.get_vocab() != tok.get_vocab():
+            raise SystemExit(f"the CLIP at {a.text_encoder_from} was trained with another tokenizer")
+        te = text_encoder_from_clip(CLIPModel.from_pretrained(a.text_encoder_from, local_files_only=True))
+        te.requires_grad_(False)
+        log(f"text encoder: the world CLIP's text tower from {a.text_encoder_from}, frozen")
+    else:
+        te = make_text_encoder(tok)
+    unet = make_unet(a.arch)
+    unet_ema = make_unet(a.arch)
+    te_ema = te if frozen else make_text_encoder(tok)
     if a.init_from:
         src = Path(a.init_from)
         unet.load_state_dict(load_file(str(src / "unet" / "diffusion_pytorch_model.safetensors")))
-        te.load_state_dict(load_file(str(src / "text_encoder" / "model.safetensors")))
-        log(f"initialised UNet and text encoder from {src}")
+        if not frozen:
+            te.load_state_dict(load_file(str(src / "text_encoder" / "model.safetensors")))
+        log(f"initialised UNet{'' if frozen else ' and text encoder'} from {src}")
     unet_ema.load_state_dict(unet.state_dict())
-    te_ema.load_state_dict(te.state_dict())
+    if not frozen:
+        te_ema.load_state_dict(te.state_dict())
     for m in (unet_ema, te_ema):
         m.requires_grad_(False).eval()
+    log(f"unet ({a.arch}): {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
     noise_sched = train_scheduler()
     acp = noise_sched.alphas_cumprod
-    params = list(unet.parameters()) + list(te.parameters())
+    params = list(unet.parameters()) + ([] if frozen else list(te.parameters()))
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     unet.train()
-    te.train()
+    te.train(not frozen)
     pipe_dir = out / "pipeline"
 
     def checkpoint(tag: str) -> None:
@@ -211,7 +245,8 @@ def main(argv: list[str] | None = None) -> Path:
         t = torch.randint(0, 1000, (a.batch,), generator=gen)
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        enc = te(cap)[0]
+        with torch.set_grad_enabled(not frozen):
+            enc = te(cap)[0]
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -220,7 +255,8 @@ def main(argv: list[str] | None = None) -> Path:
         opt.step()
         d = min(a.ema, (1 + step) / (10 + step))
         ema_update(unet_ema, unet, d)
-        ema_update(te_ema, te, d)
+        if not frozen:
+            ema_update(te_ema, te, d)
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:

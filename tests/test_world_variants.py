@@ -1,0 +1,108 @@
+"""The two shipped world models and the CLIP pre-training stage of the default one's recipe."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from headlens import world
+from headlens.cli.common import is_world
+from headlens.world.model import make_unet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: much faster than two on a shared 2-core machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _heads(unet) -> list[int]:
+    return [m.heads for n, m in unet.named_modules() if n.endswith("attn2")]
+
+
+def test_model_names_and_variants() -> None:
+    assert world.variant_of("world") == "default" and world.variant_of("world-joint") == "joint"
+    assert world.variant_of("tiny") is None and world.variant_of("runs/x") is None
+    assert is_world("world") and is_world("world-joint") and not is_world("tiny")
+    assert world.model_path("joint").name == "model-joint" and world.model_path().name == "model"
+    with pytest.raises(ValueError, match="unknown world variant 'frozen'"):
+        world.model_path("frozen")
+
+
+def test_unet_layouts() -> None:
+    """'sd': SD1.x's block layout scaled down, 10 layers x 8 heads at 4 resolutions; 'joint': the first model's."""
+    sd, joint = make_unet("sd"), make_unet("joint")
+    assert _heads(sd) == [8] * 10 and _heads(joint) == [8] * 7
+    from headlens import HeadIndex
+
+    idx = HeadIndex.from_unet(sd)
+    assert len(idx) == 80
+    assert sorted({layer.resolution(16) for layer in idx.layers}) == [(2, 2), (4, 4), (8, 8), (16, 16)]
+    with pytest.raises(ValueError, match="unknown UNet arch"):
+        make_unet("dit")
+
+
+def test_joint_model_ships_and_loads() -> None:
+    """`load_pipeline(variant="joint")` is the jointly trained 56-head model, with its own recipe recorded."""
+    pipe = world.load_pipeline(variant="joint")
+    assert _heads(pipe.unet) == [8] * 7
+    info = json.loads((world.model_path("joint") / "training.json").read_text())
+    assert info["recipe"] == "scripts/train_world_joint.sh"
+    img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert img.size == (32, 32)
+
+
+def test_clip_pretraining_then_frozen_text_encoder(tmp_path) -> None:
+    """The default recipe's chain: CLIP contrastive pre-training, then a UNet trained with the CLIP's text
+    tower frozen: the pipeline's text encoder equals the CLIP's text weights bit for bit."""
+    from transformers import CLIPModel
+
+    from headlens.world.clip_train import main as clip_main
+    from headlens.world.train import main as train_main
+
+    small = ["--n-images", "48", "--threads", "1"]
+    clip_dir = clip_main(["--out", str(tmp_path / "clip"), "--steps", "3", "--batch", "8", "--n-held-out", "100",
+                          "--minutes", "5", *small])
+    info = json.loads((tmp_path / "clip" / "clip_info.json").read_text())
+    ret = info["held_out_retrieval"]
+    assert info["steps_done"] == 3 and ret["n"] == 100 and ret["chance"] == 0.01
+    assert 0.0 <= ret["caption_to_image_top1"] <= 1.0
+    clip = CLIPModel.from_pretrained(str(clip_dir))
+    before = {k: v.clone() for k, v in clip.text_model.state_dict().items()}
+    vae = train_main(["--out", str(tmp_path / "vae"), "--vae-steps", "1", "--unet-steps", "0", "--batch", "4",
+                      "--minutes", "3", *small])
+    pipe_dir = train_main(["--out", str(tmp_path / "unet"), "--vae-from", str(vae), "--text-encoder-from",
+                           str(clip_dir), "--unet-steps", "2", "--batch", "4", "--minutes", "3", *small])
+    te = load_file(str(pipe_dir / "text_encoder" / "model.safetensors"))
+    assert te.keys() == before.keys() and all(torch.equal(te[k], before[k]) for k in te)
+    unet0 = make_unet("sd").state_dict()
+    unet1 = load_file(str(pipe_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert unet1.keys() == unet0.keys()
+    pipe = world.load_pipeline(folder=pipe_dir)
+    assert _heads(pipe.unet) == [8] * 10
+    assert "frozen" in (tmp_path / "unet" / "train.log").read_text()
+
+
+def test_clip_loss_treats_repeated_captions_as_positives() -> None:
+    """Two identical captions in a batch are positives of each other: the loss equals a hand computation."""
+    from headlens.world.clip_train import clip_loss
+
+    torch.manual_seed(0)
+
+    from types import SimpleNamespace
+
+    class Fake(torch.nn.Module):
+        def forward(self, input_ids, pixel_values, return_loss=False):
+            return SimpleNamespace(logits_per_text=logits)
+
+    ids = torch.tensor([[1, 2, 3], [1, 2, 3], [4, 5, 6]])
+    logits = torch.randn(3, 3)
+    loss, _ = clip_loss(Fake(), ids, torch.zeros(3, 3, 32, 32))
+    target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    by_hand = (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.t().log_softmax(1)).sum(1).mean()) / 2
+    assert torch.allclose(loss, by_hand)
