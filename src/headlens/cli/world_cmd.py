@@ -54,3 +54,32 @@ def report_command(
     cfg.seed = seed
     name = {"default": "bundled world model", "joint": "bundled world-joint model"}.get(variant, f"world model at {folder}")
     run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)
+
+
+@world_app.command("compare")
+def compare_command(
+    reports: list[str] = typer.Argument(..., help="NAME=FOLDER pairs: each folder holds a report.json of `headlens world report`."),
+    markdown: Path = typer.Option(Path("docs/world-regimes.md"), "--markdown", help="Markdown file to write."),
+) -> None:
+    """Put the world reports of several models side by side (e.g. world=docs/world-report world-joint=docs/world-report-joint).
+
+    Example:  headlens world compare world=docs/world-report world-joint=docs/world-report-joint --markdown docs/world-regimes.md
+    """
+    from headlens.validation.compare import load_reports, render_comparison
+
+    folders = {}
+    for spec in reports:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"bad report {spec!r}: give NAME=FOLDER, e.g. world=docs/world-report")
+        folders[name] = folder
+    try:
+        loaded = load_reports(folders)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    descriptions = {"world": "the default model: text encoder = the world CLIP's text tower, pre-trained apart and "
+                    "frozen while the UNet trained (Stable Diffusion's regime)",
+                    "world-joint": "the first model: text encoder trained jointly with the UNet from scratch"}
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render_comparison(loaded, descriptions))
+    echo(f"wrote {markdown}")

@@ -1,0 +1,70 @@
+"""`headlens world compare`: side-by-side tables whose every number is the source report's."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from headlens.cli import app
+from headlens.cli.common import UserError
+from headlens.validation.compare import render_comparison, weakening_verdict
+from headlens.validation.markdown import _f
+
+REPORT = Path(__file__).parents[1] / "docs" / "world-report" / "report.json"  # any full report serves as data
+
+
+def _two(tmp_path):
+    a = json.loads(REPORT.read_text())
+    b = json.loads(REPORT.read_text())
+    b["attention_mass"]["overall"] = {"start": 0.5, "words": 0.25, "end": 0.125, "pad": 0.125}
+    t = b["weakening"]["concepts"]["Color"]["tokens"]["words"]
+    t["area_random_morhf"] = {"mean": 0.2, "low": 0.1, "high": 0.3, "n": 200}
+    t["area_lerhf_random"] = {"mean": 0.05, "low": 0.01, "high": 0.09, "n": 200}
+    for name, r in (("A", a), ("B", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(r))
+    return a, b
+
+
+def test_comparison_rows_come_from_each_report(tmp_path) -> None:
+    a, b = _two(tmp_path)
+    md = render_comparison({"A": a, "B": b})
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    pa = a["attention_mass"]["overall"]["pad"]
+    assert rows["pad"] == f"| pad | {100 * pa:.1f} % | 12.5 % |"
+    assert rows["start"].endswith("| 50.0 % |")
+    color_words = md.split("### token set `words`")[1].split("###")[0]
+    line = next(x for x in color_words.splitlines() if x.startswith("| Color |"))
+    ta = a["weakening"]["concepts"]["Color"]["tokens"]["words"]
+    assert f"random − MoRHF {_f(ta['area_random_morhf'])}" in line.split(" | ")[1]
+    assert line.split(" | ")[2].startswith("validated (MoRHF < random < LeRHF); random − MoRHF 0.200 [0.100, 0.300]")
+    e = a["effects"]["concepts"]["Color"]
+    effects = md.split("## Single-head effects vs HRV")[1].split("##")[0]
+    line = next(x for x in effects.splitlines() if x.startswith("| Color |"))
+    assert line.split(" | ")[1] == f"{_f(e['spearman'], d=2)}, p {e['spearman_p_perm']:.2f} (n={e['items']} items × {e['heads']} heads)"
+
+
+def test_verdict_uses_both_intervals() -> None:
+    c = {"chance": 0.1, "tokens": {"w": {"baseline": {"mean": 0.9, "low": 0.8, "high": 0.95},
+                                         "area_random_morhf": {"mean": 0.1, "low": 0.05, "high": 0.2},
+                                         "area_lerhf_random": {"mean": 0.0, "low": -0.1, "high": 0.1}}}}
+    assert weakening_verdict(c, "w") == "top heads matter more than random"
+    c["tokens"]["w"]["area_lerhf_random"] = {"mean": 0.1, "low": 0.02, "high": 0.2}
+    assert weakening_verdict(c, "w") == "validated (MoRHF < random < LeRHF)"
+    c["tokens"]["w"]["area_random_morhf"] = {"mean": -0.1, "low": -0.2, "high": -0.05}
+    assert weakening_verdict(c, "w").startswith("contradicted")
+    c["tokens"]["w"]["baseline"] = {"mean": 0.1, "low": 0.05, "high": 0.15}
+    assert weakening_verdict(c, "w") == "not followed"
+
+
+def test_compare_cli(tmp_path) -> None:
+    _two(tmp_path)
+    out = tmp_path / "cmp.md"
+    r = CliRunner().invoke(app, ["world", "compare", f"A={tmp_path / 'A'}", f"B={tmp_path / 'B'}", "--markdown", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_text().count("| `A` | `B` |") >= 5
+    bad = CliRunner().invoke(app, ["world", "compare", f"A={tmp_path / 'nope'}", "--markdown", str(out)])
+    assert isinstance(bad.exception, UserError) and str(bad.exception).startswith("no report.json in")
+    bad = CliRunner().invoke(app, ["world", "compare", "justafolder"])
+    assert isinstance(bad.exception, UserError) and "give NAME=FOLDER" in str(bad.exception)
