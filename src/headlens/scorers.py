@@ -172,6 +172,27 @@ class ClipScorer:
         return (img * text[rows].to(img.device)).sum(-1).cpu().tolist()
 
 
+class WorldPixels:
+    """The world CLIP's image preprocessing: 32x32 RGB in [-1, 1], as in its contrastive training."""
+
+    def __call__(self, images, return_tensors: str = "pt") -> dict:
+        """``{"pixel_values": [N, 3, 32, 32]}``."""
+        arr = np.stack([np.asarray(to_pil(im).convert("RGB").resize((32, 32))) for im in images])
+        return {"pixel_values": torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)}
+
+
+def world_clip_scorer(device: str = "cpu", template: str = "{}") -> ClipScorer:
+    """The world CLIP (``headlens.world.load_clip()``) as a ClipScorer: an alternative reader to the ground truth."""
+    from transformers import CLIPTokenizer
+
+    from .world import clip_path, load_clip
+
+    scorer = ClipScorer(load_clip(), tokenizer=CLIPTokenizer.from_pretrained(str(clip_path())),
+                        image_processor=WorldPixels(), device=device, template=template)
+    scorer.name = "clip:world"
+    return scorer
+
+
 class OpenClipScorer:
     """CLIP cosine similarity through ``open_clip`` (``model="ARCH/PRETRAINED"``, e.g. ``ViT-B-32/openai``)."""
 
@@ -248,6 +269,8 @@ def make_scorer(spec: str, concept: str | None = None, device: str = "cpu") -> S
     """A scorer from a short spec: ``clip``, ``clip:MODEL``, ``openclip``, ``openclip:ARCH/PRETRAINED``, ``world``."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
+    if kind == "clip" and arg.strip().lower() == "world":
+        return world_clip_scorer(device=device)
     if kind == "clip":
         return ClipScorer(arg or DEFAULT_CLIP, device=device)
     if kind == "openclip":
@@ -256,4 +279,4 @@ def make_scorer(spec: str, concept: str | None = None, device: str = "cpu") -> S
         if not concept:
             raise ValueError("the world scorer needs a concept (e.g. Color)")
         return WorldScorer(concept)
-    raise ValueError(f"unknown scorer {spec!r}: use clip[:MODEL], openclip[:ARCH/PRETRAINED] or world")
+    raise ValueError(f"unknown scorer {spec!r}: use clip[:MODEL], clip:world, openclip[:ARCH/PRETRAINED] or world")

@@ -77,6 +77,37 @@ def retrieval(clip: CLIPModel, tok: CLIPTokenizer, captions: list[str], images: 
             "chance": 1.0 / group}
 
 
+@torch.no_grad()
+def attribute_accuracy(clip: CLIPModel, tok: CLIPTokenizer, n: int = 300, seed: int = HELD_OUT_SEED) -> dict:
+    """Zero-shot reading of each attribute: for a render of a full single-object caption, is the caption with
+    the right value the most similar among the captions that differ from it in that attribute alone?"""
+    from .render import render_array
+    from .vocab import BACKGROUNDS, COLORS, PATTERNS, POSITIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, scene_caption
+
+    values = {"size": SIZES, "color": list(COLORS), "pattern": PATTERNS,
+              "shape": [s for s in SHAPES if s != "orange"], "position": POSITIONS, "background": list(BACKGROUNDS)}
+    rng = np.random.default_rng(seed)
+    hits: dict[str, list[bool]] = {k: [] for k in values}
+    clip.eval()
+    for i in range(n):
+        pick = {k: v[int(rng.integers(len(v)))] for k, v in values.items()}
+
+        def caption(d: dict) -> str:
+            o = ObjectSpec(shape=d["shape"], color=d["color"], size=d["size"], position=d["position"],
+                           pattern=d["pattern"])
+            return scene_caption(SceneSpec(objects=[o], background=d["background"]))
+
+        img = render_array(caption(pick), seed * 1000 + i)[0].transpose(2, 0, 1)[None].copy()
+        iemb = F.normalize(_features(clip.get_image_features(pixel_values=to_float(img))), dim=-1)
+        for k, vals in values.items():
+            caps = [caption({**pick, k: v}) for v in vals]
+            ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt")["input_ids"]
+            temb = F.normalize(_features(clip.get_text_features(input_ids=ids)), dim=-1)
+            hits[k].append(vals[int((temb @ iemb[0]).argmax())] == pick[k])
+    return {k: {"accuracy": float(np.mean(v)), "chance": 1.0 / len(values[k]), "n": len(v)} for k, v in hits.items()}
+
+
 def save_clip(clip: CLIPModel, tok: CLIPTokenizer, folder: Path) -> None:
     """Save the CLIPModel (safetensors) with its tokenizer beside it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,10 +179,13 @@ def main(argv: list[str] | None = None) -> Path:
     clip.eval()
     ret = retrieval(clip, tok, held_caps, held_imgs)
     train_ret = retrieval(clip, tok, captions[:a.n_held_out], images[:a.n_held_out])
+    attrs = attribute_accuracy(clip, tok, n=min(300, a.n_held_out))
+    log(f"zero-shot attribute reading on held-out renders: {attrs}")
     save_clip(clip, tok, out / "clip")
     info = {"args": vars(a), "steps_done": step, "minutes": (time.time() - t_start) / 60,
             "final_loss": float(np.mean(losses[-100:])) if losses else None,
-            "held_out_retrieval": ret, "train_retrieval": train_ret, "held_out_seed": HELD_OUT_SEED}
+            "held_out_retrieval": ret, "train_retrieval": train_ret, "held_out_seed": HELD_OUT_SEED,
+            "attribute_accuracy": attrs}
     (out / "clip_info.json").write_text(json.dumps(info, indent=1))
     log(f"done {info}")
     return out / "clip"
