@@ -1,6 +1,6 @@
 """Measure the world model's prompt adherence with the ground-truth scorer; write docs/world.md.
 
-.venv/bin/python scripts/world_quality.py [--model DIR] [--n-single 300] [--n-two 200] [--n-poly 200]
+.venv/bin/python scripts/world_quality.py [--model DIR] [--n-single 300] [--n-two 200] [--n-poly 200] [--section NAME]
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--doc", default="docs/world.md")
+    ap.add_argument("--section", default="world-quality", help="the <!-- NAME:begin/end --> block of --doc to write")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--json", default="")
     ap.add_argument("--no-endpad", action="store_true")
@@ -133,7 +134,7 @@ def main() -> None:
             md.append(f"| {label} | {fmt_ci(m['Color'])} | {fmt_ci(m['Shape'])} | {fmt_ci(m['object found'])} |")
             res[f"endpad/{label}"] = {k: bootstrap_ci(m[k]) for k in ("Color", "Shape", "object found")}
     md.append(f"\n_{time.time() - t0:.0f} s on CPU._")
-    write_section(a.doc, "world-quality", "\n".join(md))
+    write_section(a.doc, a.section, "\n".join(md))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     print("\n".join(md))
