@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 from .concepts import ConceptSet, load_prompts  # noqa: E402
 from .heads import HeadIndex  # noqa: E402
-from .hrv import HRV, LayoutMismatchError  # noqa: E402
+from .hrv import HRV, HeadlensNote, LayoutMismatchError  # noqa: E402
 
 _LAZY = {
     "build": ("headlens.building", "build"),
@@ -31,7 +31,7 @@ _LAZY = {
     "plots": ("headlens.plots", None),
 }
 
-__all__ = ["ConceptSet", "HeadIndex", "HRV", "LayoutMismatchError", "load_prompts", *_LAZY]
+__all__ = ["ConceptSet", "HeadIndex", "HeadlensNote", "HRV", "LayoutMismatchError", "load_prompts", *_LAZY]
 
 
 def __getattr__(name: str):

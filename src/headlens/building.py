@@ -535,6 +535,12 @@ def check_output_dir(out: str | Path, min_free_mb: float = 16, need_bytes: int =
     return d
 
 
+def has_checkpoint(directory: str | Path) -> bool:
+    """True if ``directory`` holds a build checkpoint (what ``resume`` continues from)."""
+    d = Path(directory)
+    return (d / CHECKPOINT_META).exists() or (d / CHECKPOINT_FILE).exists()
+
+
 def build(
     pipe, concepts="default", prompts="default", *, num_inference_steps: int = 50, guidance_scale: float = 7.5,
     batch_size: int = 1, seed: int = 22, variant: str = "reference", start_token: bool = True,

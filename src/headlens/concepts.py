@@ -58,13 +58,16 @@ class ConceptSet:
         """Read a concept file (``.toml`` or text ``Name: word, word``); ``"default"`` gives the shipped set."""
         if str(path) == "default":
             return cls.default()
+        if str(path) == "paper":
+            return cls.paper()
         if str(path) == "world":
             from .world import concept_words
 
             return cls.from_dict(concept_words(exclude_polysemous=True))
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"concept file {str(path)!r} not found; give a .toml/.txt path or 'default'")
+            raise FileNotFoundError(
+                f"concept file {str(path)!r} not found; give a .toml/.txt path, 'default', 'paper' or 'world'")
         text = p.read_text(encoding="utf-8")
         if p.suffix.lower() == ".toml":
             try:
@@ -92,6 +95,13 @@ class ConceptSet:
         ref = resources.files("headlens") / "data" / "concepts.toml"
         with resources.as_file(ref) as p:
             return cls.load(p)
+
+    @classmethod
+    def paper(cls) -> "ConceptSet":
+        """The HRV paper's 34 concepts × 10 words (released with its HRVs; ``headlens/data/paper-hrv``)."""
+        from .paper import concepts
+
+        return concepts()
 
     @classmethod
     def coerce(cls, concepts) -> "ConceptSet":

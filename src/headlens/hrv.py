@@ -27,6 +27,10 @@ class LayoutMismatchError(ValueError):
     """An HRV was used with a model whose head layout differs."""
 
 
+class HeadlensNote(UserWarning):
+    """A one-line note for the user (the CLI prints it as ``note: ...``); not an error."""
+
+
 @dataclass
 class HRV:
     """Head Relevance Vectors of a set of concepts for one model.
@@ -42,6 +46,7 @@ class HRV:
     words: dict[str, list[str]] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     _matrix: torch.Tensor | None = None
+    _per_timestep: torch.Tensor | None = None  # imported per-timestep HRVs [T, C, H] (no votes)
 
     def __post_init__(self):
         self.concepts = list(self.concepts)
@@ -68,6 +73,8 @@ class HRV:
     def per_timestep(self) -> torch.Tensor:
         """Per-timestep HRVs ``[timesteps, concepts, heads]``."""
         if self.votes is None:
+            if self._per_timestep is not None:
+                return self._per_timestep
             raise ValueError("this HRV has no per-timestep votes (it was imported from a matrix)")
         return hrv_per_timestep(self.votes)
 
@@ -94,16 +101,18 @@ class HRV:
         values = self[concept]
         return sorted(range(len(values)), key=lambda i: (-float(values[i]), i))
 
-    def top_heads(self, concept: str, k: int = 10) -> list[tuple[str, float]]:
-        """The k most relevant heads as (name, HRV value)."""
+    def top_heads(self, concept: str, k: int = 10, names: str = "full") -> list[tuple[str, float]]:
+        """The k most relevant heads as (name, HRV value); ``names``: full, short (as the CLI prints) or label."""
         values = self[concept]
-        return [(self.heads[i].name, float(values[i])) for i in self.ranking(concept)[:k]]
+        name = _head_namer(names)
+        return [(name(self.heads[i]), float(values[i])) for i in self.ranking(concept)[:k]]
 
-    def bottom_heads(self, concept: str, k: int = 10) -> list[tuple[str, float]]:
-        """The k least relevant heads as (name, HRV value), least first (LeRHF order)."""
+    def bottom_heads(self, concept: str, k: int = 10, names: str = "full") -> list[tuple[str, float]]:
+        """The k least relevant heads as (name, HRV value), least first (LeRHF order); ``names`` as in top_heads."""
         values = self[concept]
+        name = _head_namer(names)
         order = list(reversed(self.ranking(concept)))
-        return [(self.heads[i].name, float(values[i])) for i in order[:k]]
+        return [(name(self.heads[i]), float(values[i])) for i in order[:k]]
 
     def to_pandas(self):
         """A tidy DataFrame: one row per head, a column per concept, plus layer columns."""
@@ -141,6 +150,8 @@ class HRV:
         tensors = {"matrix": self.matrix.contiguous()}
         if self.votes is not None:
             tensors["votes"] = self.votes.contiguous()
+        elif self._per_timestep is not None:
+            tensors["per_timestep"] = self._per_timestep.contiguous()
         meta = {
             "format": FORMAT,
             "headlens_version": __version__,
@@ -153,11 +164,31 @@ class HRV:
         _atomic_write(d / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2), encoding="utf-8"))
         return d
 
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False,
+                    commit_message: str | None = None, revision: str | None = None):
+        """Upload to the Hugging Face Hub as ``repo_id``: HRV files + generated model card + heatmap.png."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, token=token, private=private, commit_message=commit_message,
+                           revision=revision)
+
     @classmethod
     def load(cls, directory: str | Path, model=None) -> "HRV":
-        """Read an HRV folder; with ``model`` (pipeline, UNet or HeadIndex) also check its head layout."""
+        """Read an HRV folder, ``paper:NAME`` (a shipped release) or ``hf://OWNER/REPO[@REVISION]`` (the Hub).
+
+        With ``model`` (pipeline, UNet or HeadIndex) the head layout is checked too.
+        """
         from safetensors.torch import load_file
 
+        spec = str(directory)
+        if spec.startswith("paper:"):
+            from . import paper
+
+            return paper.load(spec, model)
+        if spec.startswith("hf:/"):
+            from . import hub
+
+            directory = hub.download(spec)
         d = Path(directory)
         if not (d / META_FILE).is_file() or not (d / TENSORS_FILE).is_file():
             raise FileNotFoundError(
@@ -172,7 +203,8 @@ class HRV:
         words = {c["name"]: list(c.get("words", [])) for c in meta["concepts"]}
         votes = tensors.get("votes")
         hrv = cls(heads, concepts, votes, words, meta.get("metadata", {}),
-                  _matrix=None if votes is not None else tensors["matrix"].float())
+                  _matrix=None if votes is not None else tensors["matrix"].float(),
+                  _per_timestep=tensors["per_timestep"].float() if votes is None and "per_timestep" in tensors else None)
         if model is not None:
             hrv.check_layout(model)
         return hrv
@@ -224,6 +256,20 @@ class HRV:
     def __repr__(self) -> str:
         t = f"{self.votes.shape[0]} timesteps, " if self.votes is not None else ""
         return f"HRV({len(self.concepts)} concepts × {len(self.heads)} heads, {t}model={self.metadata.get('model')!r})"
+
+
+HEAD_NAMES = ("full", "short", "label")
+
+
+def _head_namer(names: str):
+    """Head → name: ``full`` (module path + head), ``short`` (``up2.h0``) or ``label`` (``up, layer: 2, head: 0``)."""
+    if names == "full":
+        return lambda h: h.name
+    if names == "short":
+        return lambda h: h.short_name
+    if names == "label":
+        return lambda h: h.reference_label
+    raise ValueError(f"unknown names={names!r}: use one of {', '.join(HEAD_NAMES)}")
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -38,6 +38,8 @@ COMMAND_MODULES = [
     "headlens.cli.scale_cmd",
     "headlens.cli.world_cmd",
     "headlens.cli.demo_cmd",
+    "headlens.cli.hub_cmd",
+    "headlens.cli.reproduce_cmd",
 ]
 
 for _name in COMMAND_MODULES:

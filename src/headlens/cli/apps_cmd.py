@@ -95,7 +95,8 @@ def edit_command(
     word: str = typer.Option(None, "--word", help="The edited word of the target (default: the word that differs)."),
     benchmark: str = typer.Option(None, "--benchmark", help="Run the shipped edit list of a concept instead: Color, Material, 'Geometric patterns', 'Image style', 'Weather conditions'."),
     limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N edits."),
-    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`); adds the P2P-HRV column."),
+    cases_file: Path = typer.Option(None, "--cases", help="With --benchmark: read the edits from this TOML file ([[edit]] tables with source, target, word, concept) instead of the shipped edits.toml."),
+    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`), paper:sd-v1-4 / paper:sdxl-base-1.0 or hf://OWNER/REPO; adds the P2P-HRV column."),
     seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
     model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per edit)."),
@@ -121,7 +122,7 @@ def edit_command(
     if benchmark is not None:
         if source or target:
             raise UserError("give either --source/--target or --benchmark, not both")
-        cases = _first(load_edits(benchmark), limit)
+        cases = _first(load_edits(benchmark, _cases_path(cases_file)), limit)
     else:
         if not source or not target:
             raise UserError("give --source and --target prompts (or --benchmark CONCEPT)")
@@ -179,6 +180,13 @@ def edit_command(
     echo(f"wrote {len(cases)} edit(s) × {len(seed_list)} seed(s) to {out}")
 
 
+def _cases_path(path: Path | None) -> Path | None:
+    """A --cases file that exists (None: the shipped list)."""
+    if path is not None and not path.is_file():
+        raise UserError(f"--cases file {str(path)!r} not found; give a TOML file like the shipped benchmark list")
+    return path
+
+
 def _first(cases: list, limit: int | None) -> list:
     """The first ``limit`` benchmark cases (all when None)."""
     if limit is None:
@@ -201,7 +209,8 @@ def excite_command(
     token: list[str] = typer.Option(None, "--token", "-t", help="Subject word and its concept, WORD:CONCEPT (repeatable), e.g. cat:Animals."),
     benchmark: str = typer.Option(None, "--benchmark", help="Run a shipped prompt group instead: animal-animal, animal-object, object-object, color-object."),
     limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N prompts."),
-    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`); adds the A&E-HRV column."),
+    cases_file: Path = typer.Option(None, "--cases", help="With --benchmark: read the prompt groups from this TOML file (as the shipped multi_concept.toml) instead."),
+    hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`), paper:sd-v1-4 / paper:sdxl-base-1.0 or hf://OWNER/REPO; adds the A&E-HRV column."),
     seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
     model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per prompt)."),
@@ -224,7 +233,7 @@ def excite_command(
     if benchmark is not None:
         if prompt or token:
             raise UserError("give either a prompt with --token or --benchmark, not both")
-        cases = _first(load_multi_concept(benchmark), limit)
+        cases = _first(load_multi_concept(benchmark, _cases_path(cases_file)), limit)
     else:
         if not prompt or not token:
             raise UserError("give a prompt and its subjects with --token WORD:CONCEPT (or --benchmark GROUP)")

@@ -7,27 +7,24 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo, is_world, load_model
+from .common import UserError, console, echo, is_world, load_model
 
 
 def _print_top_heads(hrv, k: int = 5, concepts: list[str] | None = None) -> None:
     from rich.table import Table
 
-    from .common import console
-
     table = Table(title=f"Top {k} heads per concept — {hrv.metadata.get('model', '')}")
     table.add_column("concept")
     table.add_column("top heads (short name: HRV)")
     for c in concepts or hrv.concepts:
-        idx = hrv.ranking(c)[:k]
-        table.add_row(c, ", ".join(f"{hrv.heads[i].short_name}: {float(hrv[c][i]):.2f}" for i in idx))
+        table.add_row(c, ", ".join(f"{name}: {value:.2f}" for name, value in hrv.top_heads(c, k, names="short")))
     console.print(table)
 
 
 @app.command("build")
 def build_command(
     model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random tiny smoke-test model."),
-    concepts: str = typer.Option("default", "--concepts", "-c", help="Concept file (.toml or 'Name: w1, w2' text) or 'default'; 'world' = the bundled world's vocabulary. For --model world, 'default' means 'world'."),
+    concepts: str = typer.Option("default", "--concepts", "-c", help="Concept file (.toml or 'Name: w1, w2' text) or 'default'; 'paper' = the HRV paper's 34 concepts × 10 words; 'world' = the bundled world's vocabulary. For --model world, 'default' means 'world'."),
     prompts: str = typer.Option("default", "--prompts", "-p", help="Prompt file (one a line) or 'default' (2,100 shipped prompts); 'world' = the bundled world's prompts. For --model world, 'default' means 'world'."),
     steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps per image (reference: 50)."),
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale (reference: 7.5)."),
@@ -70,7 +67,7 @@ def build_command(
         if limit < 1:
             raise UserError(f"--limit must be ≥ 1 (got {limit})")
         prompt_list = prompt_list[:limit]
-    from headlens.building import check_output_dir
+    from headlens.building import check_output_dir, has_checkpoint
 
     shard_spec = distributed.parse_shard(shard)
     comm = distributed.setup(device)  # torchrun / accelerate launch: one process group, rank 0 writes
@@ -79,6 +76,8 @@ def build_command(
         comm.on_root(lambda: check_output_dir(out, min_free_mb=min_free_mb))
         device = comm.device_for(device)
         pipe = load_model(model, device, dtype)
+        if comm.is_root and resume and not has_checkpoint(out):
+            console.print(f"no checkpoint in {out}: starting a new build", highlight=False, soft_wrap=True)
         if comm.is_root:
             part = f", shard {shard_spec[0]}/{shard_spec[1]}" if shard_spec else ""
             procs = f", {comm.world_size} processes" if comm.distributed else ""

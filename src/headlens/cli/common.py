@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 # Library chatter (e.g. "requires torchvision") is not for CLI users; real errors still surface.
@@ -14,6 +16,20 @@ import typer
 from rich.console import Console
 
 console = Console(stderr=True)
+_show_warning = warnings.showwarning
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """headlens notes (e.g. an HRV measured on a sibling model) as one `note:` line; other warnings as usual."""
+    from headlens.hrv import HeadlensNote
+
+    if issubclass(category, HeadlensNote):
+        console.print(f"note: {message}", highlight=False, soft_wrap=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_note
 
 # Errors that are the user's to fix: printed as one line, exit code 2, no traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
@@ -71,8 +87,32 @@ def is_world(model: str | None) -> bool:
     return world.variant_of(model) is not None
 
 
+_MODELS: dict | None = None  # while reuse_models() is active: (model, device, dtype) -> pipeline
+
+
+@contextlib.contextmanager
+def reuse_models():
+    """Inside, :func:`load_model` loads each (model, device, dtype) once (``headlens reproduce`` runs many commands)."""
+    global _MODELS
+    outer = _MODELS
+    _MODELS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MODELS = outer
+
+
 def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     """A diffusers text-to-image pipeline from a hub id, a local folder, 'world', 'world-joint' or 'tiny'."""
+    if _MODELS is not None:
+        key = (model, str(device), str(dtype))
+        if key not in _MODELS:
+            _MODELS[key] = _load_model(model, device, dtype)
+        return _MODELS[key]
+    return _load_model(model, device, dtype)
+
+
+def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     import torch
 
     torch_dtype = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -21,9 +22,21 @@ def _agg() -> None:
     os.environ.setdefault(MPL_ENV, "Agg")
 
 
+def _named(hrv_dir: Path) -> bool:
+    """True for a shipped or Hub HRV (``paper:NAME``, ``hf://OWNER/REPO``) rather than a folder."""
+    return str(hrv_dir).startswith(("paper:", "hf:/"))
+
+
+def _name_dir(hrv_dir: Path) -> Path:
+    """Local folder for the outputs of a named HRV: ``paper:sd-v1-4`` → ``paper-sd-v1-4``."""
+    return Path(re.sub(r"[^A-Za-z0-9._-]+", "-", str(hrv_dir)).strip("-"))
+
+
 def _load_hrv(hrv_dir: Path):
     from headlens.hrv import HRV
 
+    if _named(hrv_dir):
+        return HRV.load(str(hrv_dir))
     if not hrv_dir.exists():
         raise UserError(f"HRV folder {str(hrv_dir)!r} does not exist; create one with `headlens build --out {hrv_dir}`")
     if not hrv_dir.is_dir():
@@ -54,8 +67,8 @@ def _latent(spec: str | None):
 
 @app.command("show")
 def show_command(
-    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build`.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the pictures (default: HRV_DIR/plots).")] = None,
+    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build`, a shipped HRV (paper:sd-v1-4, paper:sdxl-base-1.0) or hf://OWNER/REPO.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the pictures (default: HRV_DIR/plots; for paper:NAME / hf://… ./paper-NAME/plots …).")] = None,
     concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts to draw (default: all)."),
     k: int = typer.Option(10, "--k", "-k", help="Heads per concept in the top-heads table."),
     latent_size: str = typer.Option(None, "--latent-size", help="Latent size for resolution labels, e.g. 64 or 64x48 (default: from the HRV metadata, else relative like '/2')."),
@@ -73,7 +86,7 @@ def show_command(
     if similarity not in ("pearson", "cosine"):
         raise UserError(f"unknown --similarity {similarity!r}: use pearson or cosine")
     latent = _latent(latent_size)
-    out = out or hrv_dir / "plots"
+    out = out or (_name_dir(hrv_dir) if _named(hrv_dir) else hrv_dir) / "plots"
     echo(f"drawing {len(names or hrv.concepts)} concepts × {len(hrv.heads)} heads → {out}")
     files = plots.save_all(hrv, out, concepts=names, k=k, latent_size=latent, similarity=similarity,
                            cluster=not no_cluster)
@@ -88,7 +101,7 @@ def maps_command(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt to generate."),
     word: str = typer.Option(..., "--word", "-w", help="Word of the prompt whose attention maps to draw (e.g. apple, 'oak tree')."),
     concept: str = typer.Option(None, "--concept", "-c", help="Draw this concept's top-k heads by HRV (needs --hrv)."),
-    hrv_dir: Annotated[Path | None, typer.Option("--hrv", help="HRV folder for --concept (must match the model's heads).")] = None,
+    hrv_dir: Annotated[Path | None, typer.Option("--hrv", help="HRV folder for --concept (must match the model's heads), paper:NAME or hf://OWNER/REPO.")] = None,
     k: int = typer.Option(6, "--k", "-k", help="Number of heads to draw."),
     heads: str = typer.Option(None, "--heads", help="Comma-separated heads to draw instead (index, short name like down1.h3, or full name)."),
     model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random tiny model."),
@@ -154,7 +167,7 @@ def _int(value: str, flag: str) -> int:
 
 @app.command("report")
 def report_command(
-    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build` (analyses saved inside it are included).")],
+    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build` (analyses saved inside it are included); paper:NAME or hf://OWNER/REPO are first saved to ./paper-NAME (./hf-OWNER-REPO).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write (default: HRV_DIR/report.html).")] = None,
     include: Annotated[list[Path] | None, typer.Option("--include", "-i", help="Extra folder of analysis outputs to include (repeatable).")] = None,
     concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts (default: all)."),
@@ -169,6 +182,10 @@ def report_command(
     hrv = _load_hrv(hrv_dir)
     if k < 1:
         raise UserError(f"--k must be ≥ 1 (got {k})")
+    if _named(hrv_dir):  # a shipped / Hub HRV: a local folder holds its files, pictures and report
+        name, hrv_dir = str(hrv_dir), _name_dir(hrv_dir)
+        hrv.save(hrv_dir)
+        echo(f"saved {name} to {hrv_dir}")
     for d in include or []:
         if not d.is_dir():
             raise UserError(f"--include folder {str(d)!r} does not exist")

@@ -13,7 +13,8 @@ from . import app
 from .common import UserError, echo, is_world, load_model, parse_seeds, stdout
 
 MODEL_HELP = "Hub id or local pipeline folder; 'world' = the bundled model ('world-joint': its jointly trained contrast), 'tiny' = a random tiny smoke-test model."
-HRV_HELP = "HRV folder (hrv.safetensors + hrv.json, from `headlens build`) built for this model."
+HRV_HELP = ("HRV folder (hrv.safetensors + hrv.json, from `headlens build`) built for this model; or a shipped paper HRV "
+            "(paper:sd-v1-4, paper:sdxl-base-1.0) or hf://OWNER/REPO.")
 SCORER_HELP = ("How images are scored against their concept-word: 'auto' (world model: ground truth, else CLIP), "
                "'clip[:MODEL]' (transformers CLIP, hub id or local folder), 'openclip[:ARCH/PRETRAINED]' "
                "(needs open_clip_torch), 'world' (bundled model's ground-truth reader).")
