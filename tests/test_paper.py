@@ -232,3 +232,14 @@ def test_cli_build_paper_concepts_and_resume_note(monkeypatch, capsys, tmp_path)
     assert code == 0, err
     assert "no checkpoint" not in err  # the first run left its checkpoint: this one resumes it
     assert torch.equal(HRV.load(out).votes, hrv.votes)
+
+
+def test_cli_prints_notes_as_one_line(capsys, sd14_unet):
+    from headlens.cli.common import _show_note
+
+    with pytest.warns(HeadlensNote) as rec:
+        HRV.load("paper:sd-v1-4", _named(sd14_unet, "runwayml/stable-diffusion-v1-5"))
+    w = rec[0]
+    _show_note(w.message, w.category, w.filename, w.lineno)  # what the CLI's warnings.showwarning does
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: paper:sd-v1-4 was measured on Stable Diffusion v1.4")

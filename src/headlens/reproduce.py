@@ -11,7 +11,7 @@ writes the report that puts every result beside the released one or the paper's 
 from __future__ import annotations
 
 import csv
-import hashlib
+import functools
 import json
 import math
 import re
@@ -126,19 +126,18 @@ def slug(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- concept names
-def _concept_map() -> dict:
+@functools.lru_cache(maxsize=1)
+def _names_and_map() -> tuple[dict[str, str], dict]:
+    """The paper's concept names by lower-case name, and data/paper_concept_map.toml."""
+    from .concepts import ConceptSet
+
     text = (resources.files("headlens") / "data" / "paper_concept_map.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    return {n.lower(): n for n in ConceptSet.paper().names}, tomllib.loads(text)
 
 
-def paper_concept(concept: str, word: str | None = None, *, _cache: dict = {}) -> str | None:  # noqa: B006
+def paper_concept(concept: str, word: str | None = None) -> str | None:
     """The paper's name for one of headlens' benchmark concepts (per word for ``Objects``); None if it has none."""
-    if not _cache:
-        from .concepts import ConceptSet
-
-        _cache["names"] = {n.lower(): n for n in ConceptSet.paper().names}
-        _cache["map"] = _concept_map()
-    names, table = _cache["names"], _cache["map"]
+    names, table = _names_and_map()
     if str(concept).lower() in names:
         return names[str(concept).lower()]
     if concept in table.get("concepts", {}):
@@ -217,7 +216,6 @@ class Unit:
     args: list[str]
     generations: int
     cost: str = "batch"  # which calibrated rate prices its images: batch, single or excite
-    note: str = ""
 
     @property
     def done(self) -> bool:
@@ -491,11 +489,6 @@ def mean_by(rows: list[dict], key: str, fields: list[str]) -> dict[str, dict[str
             vals = [float(r[f_]) for r in rs if isinstance(r.get(f_), float) and not math.isnan(r[f_])]
             out[g][f_] = sum(vals) / len(vals) if vals else float("nan")
     return out
-
-
-def fingerprint(path: Path) -> str:
-    """Short hash of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- report
