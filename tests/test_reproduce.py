@@ -228,3 +228,25 @@ def test_sharded_hrv_stage_merges_to_the_unsharded_counts(monkeypatch, capsys, t
                        "--steps", "1", "--batch-size", "2", "--top", "0", "--out", tmp_path / "direct")
     assert code == 0, err
     assert torch.equal(merged.votes, HRV.load(tmp_path / "direct").votes)
+
+
+def test_report_puts_a_rebuilt_sd14_hrv_beside_the_release(tmp_path):
+    """The report's HRV section for a model with SD1.4's layout: Spearman and top-10 overlap per concept."""
+    released = HRV.load("paper:sd-v1-4")
+    noise = torch.from_numpy(np.random.default_rng(1).normal(0, 0.5, released.matrix.shape).astype(np.float32))
+    rebuilt = HRV.from_matrix((released.matrix + noise).clamp_min(0), released.heads, released.concepts,
+                              metadata={"model": "someone/sd-v1-5-copy"})
+    out = tmp_path / "run"
+    rebuilt.save(out / "hrv")
+    (out / "hrv" / rp.DONE_FILE).write_text("{}")
+    md_path, html_path = rp.write_report(out, rp.Settings(model="someone/sd-v1-5-copy"), lambda: None)
+    md = md_path.read_text(encoding="utf-8")
+    rows = rp.compare_hrvs(HRV.load(out / "hrv"), released)
+    median = np.median([r["spearman"] for r in rows])
+    assert f"Against `paper:sd-v1-4` over 34 concepts: Spearman median {median:.3f}" in md
+    for r in rows:
+        assert f"| {r['concept']} | {r['spearman']:.3f} | {r['top10_overlap']:.3f} |" in md
+    assert (out / "report" / "hrv-released.png").is_file() and (out / "report" / "hrv-rebuilt.png").is_file()
+    for stage in ("weaken", "polysemy", "edit", "excite"):
+        assert "Not run yet" in md and f"stage `{stage}`" in md
+    assert html_path.read_text(encoding="utf-8").count("data:image/png;base64,") == 2
