@@ -217,6 +217,7 @@ def test_cli_show_paper(monkeypatch, capsys, tmp_path):
     pics = tmp_path / "paper-sd-v1-4" / "plots"
     assert (pics / "heatmap.png").is_file() and (pics / "top_heads.csv").is_file()
     assert "up8.h0" in (pics / "top_heads.csv").read_text()
+    assert (pics / "timesteps" / "color.png").is_file()  # the released per-timestep HRVs are drawn too
 
 
 def test_cli_build_paper_concepts_and_resume_note(monkeypatch, capsys, tmp_path):

@@ -79,6 +79,13 @@ class HRV:
         return hrv_per_timestep(self.votes)
 
     @property
+    def has_per_timestep(self) -> bool:
+        """True if per-timestep HRVs exist (votes with timesteps, or an imported per-timestep matrix)."""
+        if self.votes is not None:
+            return self.votes.shape[0] > 0
+        return self._per_timestep is not None
+
+    @property
     def num_heads(self) -> int:
         """H, the number of heads."""
         return len(self.heads)

@@ -437,7 +437,7 @@ def plot_top_heads(hrv: HRV, k: int = 10, concepts: Sequence[str] | None = None,
 
 # ---------------------------------------------------------------------------------------------- timesteps
 def _per_timestep(hrv: HRV) -> np.ndarray:
-    if hrv.votes is None:
+    if not hrv.has_per_timestep:
         raise ValueError("this HRV has no per-timestep votes (it was imported from a matrix); "
                          "build it with `headlens build` to see timesteps")
     return hrv.per_timestep.numpy()  # [T, C, H]
@@ -739,7 +739,7 @@ def save_all(hrv: HRV, out: str | Path, *, concepts: Sequence[str] | None = None
     sheets = [names[i:i + sheet_size] for i in range(0, len(names), sheet_size)]
     files["bars_sheets"] = [save_figure(plot_bars_sheet(hrv, chunk, latent_size=ls),
                                         out / f"bars_sheet_{j + 1:02d}.png") for j, chunk in enumerate(sheets)]
-    if hrv.votes is not None and hrv.votes.shape[0] > 0:
+    if hrv.has_per_timestep:
         files["timesteps"] = [save_figure(plot_timestep_summary(hrv, names), out / TIMESTEP_SUMMARY_FILE)]
         files["timesteps"] += [save_figure(plot_timesteps(hrv, c, latent_size=ls), out / TIMESTEPS_DIR / f"{slug(c)}.png")
                                for c in names]
