@@ -250,3 +250,23 @@ def test_report_puts_a_rebuilt_sd14_hrv_beside_the_release(tmp_path):
     for stage in ("weaken", "polysemy", "edit", "excite"):
         assert "Not run yet" in md and f"stage `{stage}`" in md
     assert html_path.read_text(encoding="utf-8").count("data:image/png;base64,") == 2
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--weaken-concepts", "Image Style,Colour", "--weaken-concepts: 'Colour' has no template family"),
+    ("--edit-attributes", "Colour", "no edit benchmark for concept 'Colour'"),
+    ("--excite-groups", "cat-cat", "no multi-concept benchmark 'cat-cat'"),
+    ("--seeds", "x", "bad seed list 'x'"),
+    ("--only", "hrv,plots", "unknown stage(s) plots in --only"),
+])
+def test_bad_options_fail_in_one_line_before_loading(monkeypatch, capsys, tmp_path, flag, value, message):
+    import headlens.cli.common as common
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load for bad options")
+
+    monkeypatch.setattr(common, "_load_model", no_model)
+    code, _, err = cli(monkeypatch, capsys, "reproduce", "--model", "tiny", flag, value, "--out", tmp_path / "o")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not (tmp_path / "o").exists()

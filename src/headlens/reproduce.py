@@ -93,6 +93,33 @@ class Settings:
         return max(1, round(self.steps / 2))
 
 
+def check_settings(settings: Settings) -> None:
+    """One-line errors for bad lists and seeds, before any model loads."""
+    from .analysis.common import load_templates
+    from .attend_excite import load_multi_concept
+    from .cli.common import parse_seeds
+    from .cli.steer_cmd import parse_ks
+    from .edit import load_edits
+
+    parse_seeds(settings.seeds)
+    parse_seeds(settings.weaken_seeds)
+    parse_ks(settings.ks, 10**6)  # syntax only; the range is checked against the model's heads
+    families = {paper_concept(k) for k in load_templates()} - {None}
+    for c in settings.weaken_concepts:
+        if paper_concept(c) not in families:
+            raise ValueError(f"--weaken-concepts: {c!r} has no template family (have: {', '.join(sorted(families))})")
+    for a in settings.edit_attributes:
+        load_edits(a)  # names the known attributes when it fails
+    for g in settings.excite_groups:
+        load_multi_concept(g)
+    for name, value in (("--limit", settings.limit_prompts), ("--max-prompts", settings.max_prompts),
+                        ("--limit-cases", settings.cases)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be ≥ 1 (got {value})")
+    if settings.random_draws < 0:
+        raise ValueError(f"--random-draws must be ≥ 0 (got {settings.random_draws})")
+
+
 def check_run_file(out: Path, settings: Settings) -> None:
     """Refuse an OUT that holds a run with other settings; record ours in a new one."""
     path = Path(out) / RUN_FILE

@@ -66,6 +66,9 @@ def reproduce_command(
         if value < 1:
             raise UserError(f"{name} must be ≥ 1 (got {value})")
     out = out or Path(f"reproduce-{rp.slug(model)}")
+    rp.check_settings(settings)
+    if not dry_run:
+        rp.check_run_file(out, settings)  # another run's folder is refused before the model loads
     with reuse_models():
         pipe = load_model(model, device, dtype)
         num_heads = len(HeadIndex.from_unet(pipe.unet))
@@ -75,7 +78,6 @@ def reproduce_command(
                 plan = rp.make_plan(out, settings, num_heads, stages, device, shard_spec, inputs=Path(tmp))
             _print_plan(rp, plan, settings, stages, shard_spec, pipe, device, calibration_steps, num_heads, out)
             return
-        rp.check_run_file(out, settings)
         skipped = rp.write_inputs(out / rp.INPUTS, settings)
         plan = rp.make_plan(out, settings, num_heads, stages, device, shard_spec)
         units = rp.mine(plan.units, shard_spec)
