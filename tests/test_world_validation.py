@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from headlens.validation import (
@@ -45,6 +46,113 @@ class StubReader:
         arr = np.asarray(image.convert("RGB"), dtype=np.float64)
         half = arr.shape[1] // 2
         return [dict(self._one(arr[:, :half]), area=10), dict(self._one(arr[:, half:]), area=8)]
+
+
+class HashReader:
+    """Reads attributes pseudo-randomly from a hash of the pixels: deterministic per image, varied across images,
+    drawn from the values the report's prompts ask for, so rates and differences between conditions are not 0."""
+
+    def __init__(self, values: dict, objects: list):
+        self.values, self.all_objects = values, objects
+
+    def _rng(self, image) -> np.random.Generator:
+        import hashlib
+
+        digest = hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def score(self, image) -> dict:
+        rng = self._rng(image)
+        return {k: str(rng.choice(v)) for k, v in self.values.items()}
+
+    def score_objects(self, image) -> list[dict]:
+        rng = self._rng(image)
+        return [{"Color": c, "Shape": s, "area": 10} for c, s in self.all_objects if rng.random() < 0.6]
+
+
+class RecordingReader:
+    """Passes calls on to a reader and keeps every (pixels, result) in call order: the per-item results."""
+
+    def __init__(self, reader):
+        self.reader, self.scores, self.objects = reader, [], []
+
+    def score(self, image) -> dict:
+        got = self.reader.score(image)
+        self.scores.append((np.asarray(image.convert("RGB"), dtype=np.float64), got))
+        return got
+
+    def score_objects(self, image) -> list[dict]:
+        got = self.reader.score_objects(image)
+        self.objects.append(got)
+        return got
+
+
+class GradedStub:
+    """A graded stand-in for SoftWorldScorer: the image's mean brightness (0..1), so head effects vary."""
+
+    def __init__(self, concept: str, reader):
+        self.concept, self.name = concept, "graded-stub"
+
+    def score(self, images, targets, prompts=None) -> list[float]:
+        return [float(np.asarray(im.convert("RGB"), dtype=np.float64).mean() / 255) for im in images]
+
+
+def record_sections(monkeypatch, cfg: ReportConfig) -> dict:
+    """Give the polysemy, P2P and A&E sections a recorded HashReader each; returns {section: recorder}."""
+    import headlens.validation.world_report as wr
+
+    pairs = edit_pairs(cfg.p2p_items, cfg.seed)
+    rest = {"Size": ["small", "large"], "Position": ["left", "center"], "Pattern": ["plain", "striped"],
+            "Background": ["gray", "black"]}
+    shapes = sorted({shape for _, shape, _ in polysemy_prompts(cfg.poly_items, cfg.seed)} | {"circle"})
+    values = {"polysemy": {"Color": ["orange", "red"], "Shape": ["orange", *shapes], **rest},
+              "p2p": {"Color": sorted({p["to"] for p in pairs} | {p["from"] for p in pairs}), "Shape": ["circle"], **rest}}
+    objects = sorted({tuple(o) for c in two_object_prompts(cfg.ae_items, cfg.seed) for o in c["objects"]})
+    recorders: dict = {}
+
+    def wrap(fn, key):
+        def wrapped(pipe, hrv, reader, *args, **kw):
+            name = "polysemy_hard" if kw.get("hard") else key
+            recorders[name] = RecordingReader(HashReader(values.get(key, {}), objects))
+            return fn(pipe, hrv, recorders[name], *args, **kw)
+        return wrapped
+
+    for key in ("polysemy", "p2p", "ae"):
+        monkeypatch.setattr(wr, f"{key}_section", wrap(getattr(wr, f"{key}_section"), key))
+    monkeypatch.setattr(wr, "SoftWorldScorer", GradedStub)  # graded scores: single-head effects are not all 0
+    return recorders
+
+
+def leaf_pixels_by_hand(arr: np.ndarray) -> int:
+    """Pixels within 60 of the fruit's leaf green (40, 150, 40), counted with plain numpy."""
+    return int((np.sqrt(((arr - np.array([40.0, 150.0, 40.0])) ** 2).sum(-1)) < 60).sum())
+
+
+def check_polysemy_from_items(res: dict, items, reads) -> None:
+    """Every rate and paired difference of a polysemy section equals its value recomputed from the per-item reads."""
+    names = list(res["conditions"])
+    assert names[0] == "plain" and len(reads) == len(names) * len(items)
+    per: dict = {}
+    for c, name in enumerate(names):
+        rows = reads[c * len(items):(c + 1) * len(items)]
+        per[name] = {
+            "colour_sense": [float(g["Color"] == "orange" and g["Shape"] == shape) for (_, g), (_, shape, _) in
+                             zip(rows, items)],
+            "fruit": [float(g["Shape"] == "orange") for _, g in rows],
+            "orange_colour": [float(g["Color"] == "orange") for _, g in rows],
+            "intended_shape": [float(g["Shape"] == shape) for (_, g), (_, shape, _) in zip(rows, items)],
+            "leaf_pixels": [float(leaf_pixels_by_hand(a)) for a, _ in rows],
+        }
+        for metric, values in per[name].items():
+            assert res["conditions"][name][metric]["mean"] == pytest.approx(np.mean(values), abs=1e-12), (name, metric)
+    for key, metric in (("differences", "colour_sense"), ("fruit_differences", "fruit"),
+                        ("leaf_differences", "leaf_pixels")):
+        assert list(res[key]) == names[1:], key
+        for name in names[1:]:
+            want = np.mean(per[name][metric]) - np.mean(per["plain"][metric])
+            got = res[key][name]
+            assert got["mean"] == pytest.approx(want, abs=1e-12), (key, name)
+            assert got["low"] - 1e-12 <= got["mean"] <= got["high"] + 1e-12, (key, name)
 
 
 def test_prompt_sets_follow_the_world_grammar():
@@ -90,10 +198,13 @@ def test_soft_scorer_falls_back_to_hard_without_a_network():
     assert s.score([img, img], ["red", "blue"]) == [1.0, 0.0]
 
 
-def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path):
+def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path, monkeypatch):
     out = tmp_path / "report"
     scheduler = sd_pipe.scheduler
-    r = run_report(sd_pipe, StubReader(), out, config=ReportConfig.quick(), log=None, model_name="tiny model")
+    cfg = ReportConfig.quick()
+    cfg.ae_items = 3  # A&E rates from more than one prompt
+    recorders = record_sections(monkeypatch, cfg)
+    r = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, model_name="tiny model")
     assert sd_pipe.scheduler is scheduler  # put back
     md = (tmp_path / "report.md").read_text()
     for s in SECTIONS:
@@ -115,6 +226,54 @@ def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path):
     assert set(hard["fruit_differences"]) == {"adjust", "strengthen", "adjust (head-shuffled HRV)"}
     assert data["polysemy"]["guidance"] == ReportConfig.quick().guidance
     assert "4b. The hard case" in md
+    # every number of sections 3-5 recomputed from the per-item reads the sections were given
+    check_polysemy_from_items(data["polysemy"], polysemy_prompts(cfg.poly_items, cfg.seed),
+                              recorders["polysemy"].scores)
+    check_polysemy_from_items(hard, polysemy_prompts(cfg.poly_hard_items, cfg.seed, shapes=["circle"]),
+                              recorders["polysemy_hard"].scores)
+    for k in ("differences", "fruit_differences"):  # the reads differ between conditions: the checks have teeth
+        assert any(d["mean"] != 0 for p in (data["polysemy"], hard) for d in p[k].values()), k
+    pairs = edit_pairs(cfg.p2p_items, cfg.seed)
+    reads = [g for _, g in recorders["p2p"].scores]
+    assert len(reads) == 4 * len(pairs)  # per pair: source, independent, P2P, P2P-HRV
+    assert list(data["p2p"]["methods"]) == ["independent", "P2P", "P2P-HRV"]
+    success: dict = {}
+    for m, name in enumerate(data["p2p"]["methods"]):
+        rows = [(reads[4 * i], reads[4 * i + 1 + m], p["to"]) for i, p in enumerate(pairs)]
+        success[name] = [float(g["Color"] == to) for _, g, to in rows]
+        kept = [float(all(g[a] == s[a] for a in ("Shape", "Size", "Position", "Pattern", "Background")))
+                for s, g, _ in rows]
+        got = data["p2p"]["methods"][name]
+        assert got["success"]["mean"] == pytest.approx(np.mean(success[name]), abs=1e-12), name
+        assert got["all_kept"]["mean"] == pytest.approx(np.mean(kept), abs=1e-12), name
+    assert len({np.mean(v) for v in success.values()}) > 1
+    assert data["p2p"]["success_diff_hrv_minus_p2p"]["mean"] == pytest.approx(
+        np.mean(success["P2P-HRV"]) - np.mean(success["P2P"]), abs=1e-12)
+    cases = two_object_prompts(cfg.ae_items, cfg.seed)
+    objects = recorders["ae"].objects
+    assert list(data["ae"]["methods"]) == ["SD", "A&E", "A&E-HRV"] and len(objects) == 3 * len(cases)
+    missing: dict = {}
+    for m, name in enumerate(data["ae"]["methods"]):
+        rows = objects[m * len(cases):(m + 1) * len(cases)]
+        missing[name] = [float(not all((col, shape) in {(o["Color"], o["Shape"]) for o in objs}
+                                       for col, shape in c["objects"])) for objs, c in zip(rows, cases)]
+        assert data["ae"]["methods"][name]["object_missing"]["mean"] == pytest.approx(np.mean(missing[name]),
+                                                                                   abs=1e-12), name
+    assert len({np.mean(v) for v in missing.values()}) == 3  # three different rates: no difference can hide
+    assert data["ae"]["diff_ae_minus_sd"]["mean"] == pytest.approx(np.mean(missing["A&E"]) - np.mean(missing["SD"]),
+                                                                   abs=1e-12)
+    assert data["ae"]["diff_hrv_minus_ae"]["mean"] == pytest.approx(
+        np.mean(missing["A&E-HRV"]) - np.mean(missing["A&E"]), abs=1e-12)
+    # weakening areas from the curves (trapezoids / k range), Spearman from the effects and HRV values
+    ks = np.asarray(data["weakening"]["ks"], dtype=float)
+    for t in w["tokens"].values():
+        mor, ler, rnd = (np.asarray(t["curves"][o]["mean"]) for o in ("morhf", "lerhf", "random"))
+        assert t["area_lerhf_morhf"]["mean"] == pytest.approx(np.trapezoid(ler - mor, ks) / (ks[-1] - ks[0]), abs=1e-12)
+        assert t["area_random_morhf"]["mean"] == pytest.approx(np.trapezoid(rnd - mor, ks) / (ks[-1] - ks[0]),
+                                                               abs=1e-12)
+    assert len(set(e["effects"])) > 1  # graded scores: the Spearman below is not the constant-input 0
+    rho = scipy.stats.spearmanr(e["effects"], e["hrv_values"]).statistic
+    assert e["spearman"]["mean"] == pytest.approx(rho, abs=1e-12)
     assert set(data["p2p"]["methods"]) == {"independent", "P2P", "P2P-HRV"}
     assert set(data["ae"]["methods"]) == {"SD", "A&E", "A&E-HRV"}
     for name in ("hrv_heatmaps.png", "hrv_concentration.png", "weakening_curves.png", "head_effects.png",
