@@ -149,21 +149,49 @@ def test_generation_bit_identical_with_capture(pipe_name, request):
     assert (run() == plain).all()  # processors restored
 
 
+class UNetCalls:
+    """Counts UNet forwards (one per pipeline step, CFG halves batched): the compute a build spends."""
+
+    def __init__(self, pipe):
+        self.n = 0
+        self.hook = pipe.unet.register_forward_pre_hook(self._hit)
+
+    def _hit(self, *args):
+        self.n += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+
+
 def test_resume_equals_uninterrupted(sd_pipe, tmp_path):
-    settings = dict(num_inference_steps=STEPS, batch_size=2, seed=11)
+    settings = dict(num_inference_steps=STEPS, batch_size=2, seed=11)  # 5 prompts: batches 0, 1, 2
     full = headlens.build(sd_pipe, CONCEPTS, PROMPTS, **settings)
     first = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11))
-    first.run(batches=[0])
+    with UNetCalls(sd_pipe) as calls:
+        first.run(batches=[0])
+    assert calls.n == STEPS
     first.save_checkpoint(tmp_path)
     second = HRVBuilder(sd_pipe, CONCEPTS, PROMPTS, BuildSettings(STEPS, 7.5, 2, 11))
     assert second.load_checkpoint(tmp_path)
     assert second.batches_done == {0}
-    second.run()
+    with UNetCalls(sd_pipe) as calls:
+        second.run()
+    assert calls.n == 2 * STEPS  # batches 1 and 2 only: batch 0 is not recomputed
     assert torch.equal(second.result().votes, full.votes)
-    # through the public API: a finished run resumes to the same counts without recomputation
+    # through the public API: a partial checkpoint resumes to the uninterrupted counts computing only what is missing
+    with UNetCalls(sd_pipe) as calls:
+        resumed = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path, resume=True, **settings)
+    assert calls.n == 2 * STEPS and torch.equal(resumed.votes, full.votes)
+    assert resumed.metadata["prompts_done"] == len(PROMPTS)
+    # a finished run resumes to the same counts without recomputation
     again = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path / "o", checkpoint_every=2, **settings)
-    resumed = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path / "o", resume=True, **settings)
-    assert torch.equal(again.votes, full.votes) and torch.equal(resumed.votes, full.votes)
+    with UNetCalls(sd_pipe) as calls:
+        finished = headlens.build(sd_pipe, CONCEPTS, PROMPTS, out=tmp_path / "o", resume=True, **settings)
+    assert calls.n == 0
+    assert torch.equal(again.votes, full.votes) and torch.equal(finished.votes, full.votes)
 
 
 def test_checkpoint_of_other_run_is_refused(sd_pipe, tmp_path):

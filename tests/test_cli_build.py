@@ -5,8 +5,12 @@ import subprocess
 import sys
 
 import torch
+from test_scale_helpers import cli_in_process
 
 from headlens import HRV
+from headlens.building import BuildSettings, HRVBuilder
+from headlens.concepts import load_prompts
+from headlens.testing import tiny_sd_pipeline
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
 
@@ -18,7 +22,7 @@ def run(*args, check=True):
     return p
 
 
-def test_build_cli_writes_hrv_and_resumes(tmp_path):
+def test_build_cli_writes_hrv_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "hrv"
     args = ["build", "--model", "tiny", "--concepts", "default", "--prompts", "default", "--limit", "6",
             "--steps", "2", "--batch-size", "4", "--seed", "3", "--out", str(out), "--top", "2"]
@@ -31,8 +35,43 @@ def test_build_cli_writes_hrv_and_resumes(tmp_path):
     assert again.returncode == 2
     err = again.stderr.strip().splitlines()
     assert err[-1].startswith("error:") and "--resume" in err[-1] and "Traceback" not in again.stderr
-    run(*args, "--resume")
+    # a partial checkpoint (batch 0 of 2 done) resumed from the command line: only batch 1 is generated,
+    # and the counts are those of the uninterrupted build above
+    partial = tmp_path / "partial"
+    builder = HRVBuilder(tiny_sd_pipeline(), "default", load_prompts("default")[:6], BuildSettings(2, 7.5, 4, 3))
+    builder.run(batches=[0])
+    builder.save_checkpoint(partial)
+    assert not torch.equal(builder.votes, hrv.votes)
+    with UNetForwards() as calls:
+        rc, err = cli_in_process([a if a != str(out) else str(partial) for a in args] + ["--resume"], monkeypatch,
+                                 capsys)
+    assert rc == 0, err
+    assert calls.n == 2  # one pipeline call (batch 1: prompts 4 and 5) × 2 steps
+    resumed = HRV.load(partial)
+    assert torch.equal(resumed.votes, hrv.votes) and resumed.metadata["prompts_done"] == 6
+    with UNetForwards() as calls:  # resuming a finished build computes nothing and keeps the counts
+        rc, err = cli_in_process([*args, "--resume"], monkeypatch, capsys)
+    assert rc == 0 and calls.n == 0, err
     assert torch.equal(HRV.load(out).votes, hrv.votes)
+
+
+class UNetForwards:
+    """Counts UNet forwards in this process (any UNet, also one the CLI loads itself), via a global hook."""
+
+    def __enter__(self):
+        from diffusers import UNet2DConditionModel
+
+        self.n = 0
+
+        def hit(module, args):
+            if isinstance(module, UNet2DConditionModel):
+                self.n += 1
+
+        self.hook = torch.nn.modules.module.register_module_forward_pre_hook(hit)
+        return self
+
+    def __exit__(self, *exc):
+        self.hook.remove()
 
 
 def test_build_cli_errors_are_one_line(tmp_path):
