@@ -146,12 +146,8 @@ def test_summarize():
     assert summarize(rows) == {"n": 2, "a": 2.0, "b": 2.0}
 
 
-def test_world_scorer_if_shipped():
+def test_world_scorer_edit_scores():
     from headlens import world
-    from headlens.world.scorer import scorer_path
-
-    if not scorer_path().exists():
-        pytest.skip("world scorer weights not shipped yet")
     src, _ = world.render("a red circle", seed=1)
     edited, _ = world.render("a blue circle", seed=1)
     out = edit_scores(src, edited, "a blue circle", "blue", world.Scorer(), concept="Color")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from shipped_world import WORLD_HEADS
 
 from headlens.validation import (
     CONCEPTS,
@@ -20,7 +21,7 @@ from headlens.validation import (
     run_report,
     two_object_prompts,
 )
-from headlens.world import model_path, parse_caption
+from headlens.world import parse_caption
 
 SECTIONS = ["## Headline numbers", "## 1. HRVs", "## 2. Ordered weakening", "## 3. Causal single-head effects",
             "## 4. Concept adjusting", "## 5a. Colour edits", "## 5b. Two-object prompts", "## What the numbers say",
@@ -317,8 +318,6 @@ def test_interrupted_report_resumes_finished_sections(sd_pipe, tmp_path, monkeyp
     assert "ae" in r and (tmp_path / "r.md").exists()
 
 
-@pytest.mark.skipif(not (model_path() / "model_index.json").exists(),
-                    reason="the bundled world model is not trained yet (no model_index.json in headlens/world/model)")
 def test_quick_report_cli_on_bundled_world_model(tmp_path):
     from typer.testing import CliRunner
 
@@ -327,7 +326,7 @@ def test_quick_report_cli_on_bundled_world_model(tmp_path):
     res = CliRunner().invoke(app, ["world", "report", "--quick", "--out", str(tmp_path / "wr")])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "wr" / "report.json").read_text())
-    assert data["hrv"]["num_heads"] == 56
+    assert data["hrv"]["num_heads"] == WORLD_HEADS
     assert "## 2. Ordered weakening" in (tmp_path / "wr.md").read_text()
 
 

@@ -1,0 +1,23 @@
+"""Facts of the bundled world model as shipped now (README: 7 cross-attention layers × 8 heads = 56 heads).
+
+One place to update when a new world model ships (issue 11 trains one with another head count).
+"""
+
+WORLD_LAYERS = 7  # cross-attention (attn2) modules of the shipped UNet
+WORLD_HEADS_PER_LAYER = 8
+WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 56: `headlens build --model world` HRVs have this many heads
+
+# every file the package must ship for `--model world` and the ground-truth scorer (a missing one is a failure)
+WORLD_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "scorer/scorer.safetensors",
+)
