@@ -7,7 +7,8 @@ WORLD_LAYERS = 7  # cross-attention (attn2) modules of the shipped UNet
 WORLD_HEADS_PER_LAYER = 8
 WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 56: `headlens build --model world` HRVs have this many heads
 
-# every file the package must ship for `--model world` and the ground-truth scorer (a missing one is a failure)
+# every file a shipped world pipeline folder (`--model world`, `--model world-joint`) must hold; the ground-truth
+# scorer ships separately (headlens.world.scorer.scorer_path()). A missing one is a test failure, never a skip.
 WORLD_FILES = (
     "model_index.json",
     "scheduler/scheduler_config.json",
@@ -19,5 +20,4 @@ WORLD_FILES = (
     "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
-    "scorer/scorer.safetensors",
 )

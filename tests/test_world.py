@@ -31,12 +31,12 @@ def scorer():
 
 def test_shipped_weight_files_are_present() -> None:
     """The model and scorer ship inside the package: a missing weight file fails here (never a skip)."""
-    missing = [f for f in WORLD_FILES if not (world.model_path() / f).is_file()]
+    folders = [world.model_path(v) for v in ("default", "joint")]
+    missing = [str(d / f) for d in folders for f in WORLD_FILES if not (d / f).is_file()]
     assert not missing, f"shipped world files missing: {missing}"
-    assert scorer_path() == world.model_path() / "scorer" / "scorer.safetensors"
-    for f in WORLD_FILES:
-        if f.endswith(".safetensors"):
-            assert (world.model_path() / f).stat().st_size > 10_000, f
+    assert scorer_path().is_file(), f"shipped world scorer missing: {scorer_path()}"
+    for path in [d / f for d in folders for f in WORLD_FILES if f.endswith(".safetensors")] + [scorer_path()]:
+        assert path.stat().st_size > 10_000, path
 
 
 def test_vocabulary_shape() -> None:
