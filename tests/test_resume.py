@@ -212,19 +212,39 @@ def test_unwritable_output_fails_before_compute(sd_pipe, tmp_path):
     assert counter.calls == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root can write anywhere")
-def test_read_only_output_folder_fails_before_compute(sd_pipe, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+@pytest.mark.parametrize("where", ["proc", "chmod"])
+def test_read_only_output_folder_fails_before_compute(sd_pipe, tmp_path, monkeypatch, where):
+    """An existing folder nobody can write: /proc (not even root can create files there), and a chmod 0500 folder
+    (as root, whom the mode does not stop, the write probe gets the EACCES a normal user gets)."""
+    if where == "proc":
+        ro = Path("/proc")
+        if not ro.is_dir():
+            pytest.fail("this test needs Linux' /proc")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        if os.geteuid() == 0:
+            real = Path.write_bytes
+
+            def write_bytes(self, data):
+                if self.parent == ro:
+                    raise PermissionError(13, "Permission denied", str(self))
+                return real(self, data)
+
+            monkeypatch.setattr(Path, "write_bytes", write_bytes)
     counter = ForwardCounter(sd_pipe)
     try:
-        with pytest.raises(PermissionError, match="cannot write"):
+        with pytest.raises(PermissionError, match=f"cannot write to output folder '{ro}'") as e:
             headlens.build(sd_pipe, CONCEPTS, PROMPTS, num_inference_steps=2, out=ro)
     finally:
         counter.remove()
-        ro.chmod(0o700)
+        if where == "chmod":
+            ro.chmod(0o700)
     assert counter.calls == 0
+    assert "\n" not in str(e.value) and "--out" in str(e.value)
+    if where == "chmod":
+        assert list(ro.iterdir()) == []  # the probe left nothing behind
 
 
 def test_full_disk_fails_before_compute(sd_pipe, tmp_path, monkeypatch):
