@@ -5,12 +5,12 @@
 # Stages (times on the project's 2-core CPU machine, one torch thread each; see docs/world.md, "Training",
 # and src/headlens/world/model/training.json for what each stage really ran):
 #   1. world CLIP, contrastive, 2500 steps of 256 pairs               (≈ 15 min)
-#   2. the VAE: the same command as the joint model's stage 1          (≈ 5 min; bit-identical to the shipped VAE)
-#   3. UNet (SD layout, 80 heads) from scratch, text encoder frozen    (≈ 75 min)
-#   4. UNet fine-tune from stage 3's EMA weights (second cosine cycle)  (≈ 35 min)
+#   2. the VAE: the same command as the joint model's stage 1          (≈ 5 min; the shipped VAE, bit for bit)
+#   3. UNet (SD layout, 80 heads) from scratch, text encoder frozen    (95 min budget; the cosine follows time)
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
-#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet2/pipeline/. src/headlens/world/model/
+#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet1/pipeline/. src/headlens/world/model/
+# A further stage would continue from stage 3 with --init-from OUT/unet1/pipeline (a second cosine cycle).
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
 set -euo pipefail
@@ -20,8 +20,6 @@ FIRST=${2:-1}
 T="--threads 1"
 [ "$FIRST" -le 1 ] && $PY -m headlens.world.clip_train --out "$OUT/clip" --seed 0 --n-images 60000 --steps 2500 --minutes 28 $T
 [ "$FIRST" -le 2 ] && $PY -m headlens.world.train --out "$OUT/vae" --seed 0 --n-images 60000 --vae-steps 1000 --unet-steps 0 --minutes 20
-[ "$FIRST" -le 3 ] && $PY -m headlens.world.train --out "$OUT/unet1" --seed 0 --n-images 40000 --vae-from "$OUT/vae/pipeline" \
-    --text-encoder-from "$OUT/clip/clip" --arch sd --unet-steps 6000 --lr 8e-4 --minutes 75 $T
-[ "$FIRST" -le 4 ] && $PY -m headlens.world.train --out "$OUT/unet2" --seed 0 --n-images 40000 --vae-from "$OUT/vae/pipeline" \
-    --text-encoder-from "$OUT/clip/clip" --arch sd --init-from "$OUT/unet1/pipeline" --unet-steps 3000 --lr 3e-4 --minutes 35 $T
-echo "done: $OUT/unet2/pipeline"
+[ "$FIRST" -le 3 ] && $PY -m headlens.world.train --out "$OUT/unet1" --seed 0 --n-images 60000 --vae-from "$OUT/vae/pipeline" \
+    --text-encoder-from "$OUT/clip/clip" --arch sd --unet-steps 12000 --lr 8e-4 --minutes 95 $T
+echo "done: $OUT/unet1/pipeline"

@@ -74,7 +74,7 @@ def main() -> None:
     uncond = [Prompt("", 40_000 + i, SceneSpec()) for i in range(100)]
     u_imgs = gen(uncond)
     u_scores = [scorer.score(im) for im in u_imgs]
-    md += ["### Single-object prompts", "", (f"{len(single)} prompts 'a [size] {{colour}} [pattern] {{shape}} "
+    md += ["#### Single-object prompts", "", (f"{len(single)} prompts 'a [size] {{colour}} [pattern] {{shape}} "
            "[position] [on a {background} background]' (colour and shape always said, the rest half the time; "
            "the polysemous 'orange' is measured separately below). Chance = how often unconditional images "
            "(empty prompt, 100 seeds) happen to show the asked value."), "",
@@ -91,7 +91,7 @@ def main() -> None:
     two = two_prompts(a.n_two)
     t_imgs = gen(two)
     tm = two_metrics(scorer, two, t_imgs)
-    md += ["", "### Two-object prompts", "", (f"{len(two)} prompts 'a {{c1}} {{s1}} [pos] and a {{c2}} {{s2}} [pos]' "
+    md += ["", "#### Two-object prompts", "", (f"{len(two)} prompts 'a {{c1}} {{s1}} [pos] and a {{c2}} {{s2}} [pos]' "
            "(different colours and shapes)."), "", "| measure | rate [95 % CI] |", "|---|---|"]
     for k, v in tm.items():
         md.append(f"| {k} | {fmt_ci(v)} |")
@@ -110,13 +110,13 @@ def main() -> None:
         "control: fruit drawn for 'a {other colour} {shape}'": fruit_other,
         "control: fruit drawn for 'an orange'": [s["Shape"] == "orange" for s in b_sc],
     }
-    md += ["", "### Polysemous 'orange'", "", f"{len(poly)} prompts 'an orange {{shape}}' (colour sense).", "",
+    md += ["", "#### Polysemous 'orange'", "", f"{len(poly)} prompts 'an orange {{shape}}' (colour sense).", "",
            "| measure | rate [95 % CI] |", "|---|---|"]
     for k, v in rows.items():
         md.append(f"| {k} | {fmt_ci(v)} |")
         res[f"poly/{k}"] = bootstrap_ci(v)
 
-    md += ["", "### End/padding-token route", "", ("Share of the conditional cross-attention mass (all steps, "
+    md += ["", "#### End/padding-token route", "", ("Share of the conditional cross-attention mass (all steps, "
            f"the {len(single)} single-object prompts) on each token class:"), "",
            "| layer | " + " | ".join(TOKEN_CLASSES) + " |", "|---|" + "---|" * len(TOKEN_CLASSES)]
     for name, v in mass.items():
