@@ -12,7 +12,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "headlens", "demo", "--out", str(out), "--prompts", "8", "--steps", "2",
+    p = subprocess.run([sys.executable, "-m", "headlens", "demo", "--out", str(out), "--max-prompts", "8", "--steps", "2",
                         "--weaken-prompts", "2", "--batch-size", "8"], capture_output=True, text=True, env=ENV, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     hrv = HRV.load(out / "hrv")

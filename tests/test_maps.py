@@ -193,7 +193,7 @@ def test_selection_and_combinations(result, tiny_hrv):
 
 
 def test_plot_head_maps(result, tiny_hrv, tmp_path):
-    fig = plot_head_maps(result, hrv=tiny_hrv, concept="Fruits", k=4)
+    fig = plot_head_maps(result, hrv=tiny_hrv, concept="Fruits", k=4, scale="each")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "generated image" and titles[1].startswith("all 22 heads")
     assert titles[2] == "HRV-weighted (Fruits)"
@@ -202,8 +202,11 @@ def test_plot_head_maps(result, tiny_hrv, tmp_path):
     fig.savefig(tmp_path / "m.png", dpi=60)
     px = np.asarray(Image.open(tmp_path / "m.png").convert("RGB"), dtype=np.int16)
     assert px.shape[1] > 400 and px.std() > 10
-    plain = plot_head_maps(result, k=2)
+    plain = plot_head_maps(result, k=2, scale="shared")
     assert len([ax for ax in plain.axes if ax.get_title()]) == 2 + 2
+    both = plot_head_maps(result, k=2)  # default: the scaled view, then the shared-scale view
+    assert [ax.get_title() for ax in both.axes if ax.get_title()] == 2 * [ax.get_title() for ax in plain.axes
+                                                                         if ax.get_title()]
 
 
 def test_word_not_in_prompt(sd_pipe):

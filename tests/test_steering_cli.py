@@ -87,7 +87,8 @@ def test_weaken_cli(monkeypatch, capsys, hrv_dir, clip_dir, tmp_path):
             "--bootstrap", "100", "--out", tmp_path / "w"]
     code, out, err = cli(monkeypatch, capsys, *args)
     assert code == 0, err
-    assert "Color [words]: area LeRHF−MoRHF =" in out and "random−MoRHF" in out
+    assert "Color words: LeRHF − MoRHF " in out and "random − MoRHF " in out
+    assert out.strip().splitlines()[-1].startswith("verdict (4 items): ")
     with open(tmp_path / "w" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["target"] for r in rows} == {"red", "blue"}
@@ -110,7 +111,7 @@ def test_validate_cli(monkeypatch, capsys, hrv_dir, clip_dir, tmp_path):
     assert not (tmp_path / "dry").exists()
     code, out, err = cli(monkeypatch, capsys, *base, "--heads", "top:2,0-1", "--out", tmp_path / "v")
     assert code == 0, err
-    assert "Spearman(causal effect, HRV) =" in out and "cost: (4 heads + 1)" in out
+    assert "Spearman(causal effect, HRV) " in out and "permutation p " in out and "cost: (4 heads + 1)" in out
     with open(tmp_path / "v" / "head_effects.csv") as f:
         rows = list(csv.DictReader(f))
     hrv = HRV.load(hrv_dir)
@@ -122,9 +123,9 @@ def test_validate_cli(monkeypatch, capsys, hrv_dir, clip_dir, tmp_path):
     (["generate", "a red car", "--adjust", "red:Color", "--hrv", "{hrv}"], "WORD:TOWARD:AWAY"),
     (["generate", "a red car", "--adjust", "blue:Color:Plants", "--hrv", "{hrv}"], "'blue' is not in the prompt"),
     (["generate", "a red car", "--strengthen", "red:Colour", "--hrv", "{hrv}"], "not in this HRV"),
-    (["generate", "a red car", "--strengthen", "red:Color"], "needs --hrv"),
+    (["generate", "a red car", "--strengthen", "red:Color"], "missing option '--hrv'"),
     (["generate", "a red car", "--hrv", "{hrv}"], "nothing to steer"),
-    (["generate", "a red car", "--strengthen", "red:Color", "--hrv", "{hrv}", "--step-range", "0:2"], "step range"),
+    (["generate", "a red car", "--strengthen", "red:Color", "--hrv", "{hrv}", "--step-range", "0:2"], "--step-range"),
     (["generate", "a red car", "--adjust", "red:Color:Plants", "--hrv", "{hrv}", "--clamp", "-1"], "--clamp"),
     (["generate", "a red car", "--strengthen", "red:Color", "--hrv", "{hrv}", "--seeds", "x"], "seed list"),
     (["weaken", "Color", "--hrv", "{hrv}", "--ks", "0,a"], "--ks"),

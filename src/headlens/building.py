@@ -102,8 +102,20 @@ def model_name(pipe) -> str:
         cfg = getattr(obj, "config", None)
         name = cfg.get("_name_or_path") if hasattr(cfg, "get") else getattr(cfg, "_name_or_path", None)
         if name:
-            return str(name)
+            return _world_alias(str(name))
     return type(pipe).__name__
+
+
+def _world_alias(name: str) -> str:
+    """'world' for the bundled world model's folder (not the package's absolute path); other names as they are."""
+    try:
+        from .world import model_path
+
+        if Path(name).is_absolute() and Path(name).resolve() == model_path().resolve():
+            return "world"
+    except (ImportError, OSError):
+        pass
+    return name
 
 
 def _portable_name(name: str) -> str:

@@ -134,6 +134,16 @@ class HRV:
         df.insert(4, "head_in_layer", [h.head for h in self.heads])
         return df
 
+    @property
+    def fingerprint(self) -> str:
+        """Short content hash (concept names and HRV values): analysis files name the HRV they used by it."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(list(self.concepts)).encode("utf-8"))
+        h.update(self.heads.fingerprint.encode("utf-8"))
+        h.update(self.matrix.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def check_layout(self, heads_or_model) -> None:
         """Raise :class:`LayoutMismatchError` unless the model has this HRV's head layout."""
         other = heads_or_model

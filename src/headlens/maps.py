@@ -211,12 +211,22 @@ def select_heads(result: HeadMaps, *, hrv: HRV | None = None, concept: str | Non
     return result.strongest_heads(k)
 
 
+SCALES = ("both", "each", "shared")
+
+
 def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | None = None, k: int = 6,
                    heads: Sequence[int | str] | None = None, alpha: float = 0.55, cmap: str = "jet",
-                   ncols: int | None = None):
-    """Image, all-head average (and HRV-weighted map) and the chosen heads' maps over the image."""
+                   ncols: int | None = None, scale: str = "both"):
+    """Image, all-head average (and HRV-weighted map) and the chosen heads' maps over the image.
+
+    ``scale``: ``"each"`` stretches every map between its own min and max (DAAM's display: shapes,
+    but noise looks like signal), ``"shared"`` draws every map's attention on one colour scale (which
+    heads attend to the word at all), ``"both"`` (default) draws the two views one above the other.
+    """
     from matplotlib.figure import Figure
 
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}: use {', '.join(SCALES)}")
     chosen = select_heads(result, hrv=hrv, concept=concept, k=k, heads=heads)
     values = hrv[concept].numpy() if (hrv is not None and concept is not None) else None
     img = np.asarray(result.image.convert("RGB"))
@@ -235,33 +245,51 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
             title += f" · HRV {values[i]:.2f}"
         title += f"\nmean attn {mean_att[i]:.3f}"
         panels.append((title, up[j]))
+    views = ["each", "shared"] if scale == "both" else [scale]
     n = len(panels)
     ncols = ncols or min(n, 5)
     nrows = -(-n // ncols)
-    cell = 2.6
-    fig = Figure(figsize=(cell * ncols + 0.9, cell * nrows + 1.0), dpi=100)
-    im = None
-    for p, (title, m) in enumerate(panels):
-        r, c = divmod(p, ncols)
-        ax = fig.add_axes(((c * cell + 0.1) / (cell * ncols + 0.9), 1 - ((r + 1) * cell + 0.5) / (cell * nrows + 1.0),
-                           (cell - 0.2) / (cell * ncols + 0.9), (cell - 0.45) / (cell * nrows + 1.0)))
-        ax.imshow(img, extent=(0, W, H, 0))
-        if m is not None:
-            im = ax.imshow(_normalise(m), extent=(0, W, H, 0), cmap=cmap, alpha=alpha, vmin=0, vmax=1,
-                           interpolation="bilinear")
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if im is not None:
-        cax = fig.add_axes((1 - 0.55 / (cell * ncols + 0.9), 0.12, 0.12 / (cell * ncols + 0.9), 0.7))
-        cb = fig.colorbar(im, cax=cax)
-        cb.set_label("attention on the word (each map min–max scaled)", fontsize=7)
-        cb.ax.tick_params(labelsize=6)
+    cell, bar, head = 2.6, 1.25, 1.0
+    band = 0.35  # height of a view's heading
+    fig_w = cell * ncols + bar
+    fig_h = head + len(views) * (band + cell * nrows)
+    fig = Figure(figsize=(fig_w, fig_h), dpi=100)
+    vmax = max(float(m.max()) for _, m in panels if m is not None)
+    y0 = fig_h - head
+    for view in views:
+        heading = ("each map stretched between its own min and max (shapes; weak maps look as strong as strong ones)"
+                   if view == "each" else "one shared scale: attention on the word, comparable across maps")
+        fig.text(0.1 / fig_w, (y0 - band * 0.55) / fig_h, heading, fontsize=10, va="center", weight="bold")
+        y0 -= band
+        im = None
+        for p_, (title, m) in enumerate(panels):
+            r, c = divmod(p_, ncols)
+            ax = fig.add_axes(((c * cell + 0.1) / fig_w, (y0 - (r + 1) * cell + 0.05) / fig_h,
+                               (cell - 0.2) / fig_w, (cell - 0.5) / fig_h))
+            ax.imshow(img, extent=(0, W, H, 0))
+            if m is not None:
+                shown, lo, hi = (_normalise(m), 0, 1) if view == "each" else (m, 0, vmax)
+                im = ax.imshow(shown, extent=(0, W, H, 0), cmap=cmap, alpha=alpha, vmin=lo, vmax=hi,
+                               interpolation="bilinear")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if im is not None:
+            cax = fig.add_axes(((fig_w - bar + 0.15) / fig_w, (y0 - nrows * cell + 0.3) / fig_h, 0.16 / fig_w,
+                                (nrows * cell - 0.6) / fig_h))
+            cb = fig.colorbar(im, cax=cax)
+            cb.set_label("min … max of each map" if view == "each" else "attention probability on the word",
+                         fontsize=10)
+            cb.ax.tick_params(labelsize=9)
+            if view == "each":
+                cb.set_ticks([0, 1])
+                cb.set_ticklabels(["min", "max"])
+        y0 -= nrows * cell
     which = (f"top {len(chosen)} heads for {hrv.concepts[hrv.concept_index(concept)]}" if values is not None
              else "chosen heads" if heads is not None else f"{len(chosen)} heads most attentive to the word")
     from .plots import display_model_name
 
     model = display_model_name(result.metadata.get("model"))
     fig.suptitle(f"\u201c{result.word}\u201d in \u201c{result.prompt}\u201d — {which}\n{model}, seed {result.seed}, "
-                 f"{result.evaluations} UNet evaluations", fontsize=9, y=1 - 0.08 / (cell * nrows + 1.0), va="top")
+                 f"{result.evaluations} UNet evaluations", fontsize=11, y=1 - 0.1 / fig_h, va="top")
     return fig

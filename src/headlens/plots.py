@@ -409,30 +409,46 @@ def plot_top_heads(hrv: HRV, k: int = 10, concepts: Sequence[str] | None = None,
         idx = hrv.ranking(name)[:k]
         vals[r] = hrv[name].numpy()[idx]
         labels.append([hrv.heads[i].short_name for i in idx])
-    width = 2.2 + 1.05 * k
-    height = 1.1 + 0.34 * len(names)
+    cell_pt = 8.0  # cell text: 8 pt = 11 px at 100 dpi
+    width = 2.2 + 1.15 * k + 1.2
+    height = 1.3 + 0.46 * len(names)
     fig = _figure(width, height)
-    ax = fig.add_axes((2.0 / width, 0.35 / height, 1 - 2.1 / width, 1 - 0.95 / height))
+    ax = fig.add_axes((2.0 / width, 0.35 / height, 1 - 3.3 / width, 1 - 1.05 / height))
+    cax = fig.add_axes((1 - 1.0 / width, 0.35 / height, 0.18 / width, 1 - 1.05 / height))
     vmax = max(float(vals.max()) if vals.size else 1.0, 2.0)
     cmap = colormaps["YlOrRd"]
-    ax.imshow(vals, aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    im = ax.imshow(vals, aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     for r in range(len(names)):
         for j in range(k):
             dark = vals[r, j] / vmax > 0.6
-            ax.text(j, r, f"{labels[r][j]}\n{vals[r, j]:.2f}", ha="center", va="center", fontsize=6.5,
+            ax.text(j, r, f"{labels[r][j]}\n{vals[r, j]:.2f}", ha="center", va="center", fontsize=cell_pt,
                     color="white" if dark else "black", linespacing=1.1)
     ax.set_xticks(range(k))
-    ax.set_xticklabels([f"#{j + 1}" for j in range(k)], fontsize=8)
+    ax.set_xticklabels([f"#{j + 1}" for j in range(k)], fontsize=9)
     ax.xaxis.tick_top()
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
+    ax.set_yticklabels(names, fontsize=9)
     ax.set_xticks(np.arange(-0.5, k), minor=True)
     ax.set_yticks(np.arange(-0.5, len(names)), minor=True)
     ax.grid(which="minor", color="white", lw=1.0)
     ax.tick_params(which="minor", length=0)
-    fig.suptitle(f"Top {k} heads per concept (head: HRV) — {_model_name(hrv)}", fontsize=10,
+    cb = fig.colorbar(im, cax=cax)
+    cb.set_label("HRV (mean over heads = 1)", fontsize=9)
+    cb.ax.tick_params(labelsize=8)
+    fig.suptitle(f"Top {k} heads per concept (head: HRV) — {_model_name(hrv)}", fontsize=11,
                  y=1 - 0.08 / height, va="top")
     return fig
+
+
+def step_ticks(num_steps: int, max_ticks: int = 8) -> list[int]:
+    """Regular tick positions 0, s, 2s, … on a step axis of ``num_steps`` steps (s from 1, 2, 5, 10, 20, 25, 50, …)."""
+    last = max(int(num_steps) - 1, 0)
+    for base in (1, 10, 100, 1000, 10_000):
+        for m in (1, 2, 5) if base == 1 else (1, 2, 2.5, 5):
+            step = int(m * base)
+            if last // step + 1 <= max_ticks:
+                return list(range(0, last + 1, step))
+    return [0, last]
 
 
 # ---------------------------------------------------------------------------------------------- timesteps
@@ -457,8 +473,6 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def plot_timesteps(hrv: HRV, concept: str, *, k: int = 5, latent_size=None):
     """One concept over the denoising steps: per-step HRV heatmap, top heads' curves, relevance by resolution."""
-    from matplotlib.ticker import MaxNLocator
-
     name = hrv.concepts[hrv.concept_index(concept)]
     ci = hrv.concept_index(name)
     pt = _per_timestep(hrv)[:, ci, :]  # [T, H]
@@ -480,7 +494,7 @@ def plot_timesteps(hrv: HRV, concept: str, *, k: int = 5, latent_size=None):
     im = ax.imshow(pt, aspect="auto", cmap=HEAT_CMAP, vmin=0, vmax=vmax, interpolation="nearest")
     decorate_head_axis(ax, heads, band_ax=band, latent_size=latent_size)
     ax.set_ylabel("step\n(0 = noisiest)", fontsize=8)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+    ax.set_yticks(step_ticks(T, 6))
     ax.tick_params(axis="y", labelsize=7)
     cb = fig.colorbar(im, cax=cax, extend="max" if float(pt.max()) > vmax else "neither")
     cb.set_label("per-step HRV", fontsize=8)
@@ -499,7 +513,8 @@ def plot_timesteps(hrv: HRV, concept: str, *, k: int = 5, latent_size=None):
     ax1.set_title(f"top {k} heads (overall HRV in brackets)", fontsize=9, loc="left")
     ax1.legend(fontsize=6.5, ncol=1 if k <= 6 else 2, loc="best", framealpha=0.8)
     ax1.tick_params(labelsize=7)
-    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.set_xticks(step_ticks(T, 8))
+    ax1.set_xlim(-0.5, max(T - 0.5, 0.5))
     groups = resolution_spans(heads, latent_size)
     share = np.stack([pt[:, s.start:s.stop].sum(axis=1) for s in groups], axis=1) / max(n, 1)  # [T, G]
     labels = [f"{place} {s.label}" for s, place in zip(groups, (heads[s.start].layer.place for s in groups))]
@@ -511,7 +526,7 @@ def plot_timesteps(hrv: HRV, concept: str, *, k: int = 5, latent_size=None):
     ax2.set_ylabel("share of relevance", fontsize=8)
     ax2.set_title("by place and resolution", fontsize=9, loc="left")
     ax2.tick_params(labelsize=7)
-    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_xticks(step_ticks(T, 6))
     if len(groups) <= 12:
         ax2.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.suptitle(f"{name} over the denoising steps — {_model_name(hrv)} ({T} UNet evaluations)", fontsize=11,
@@ -553,9 +568,9 @@ def plot_timestep_summary(hrv: HRV, concepts: Sequence[str] | None = None):
     im = ax.imshow(agree, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(names, fontsize=7)
-    step_ticks = np.unique(np.linspace(0, T - 1, min(T, 12)).round().astype(int))
-    ax.set_xticks(step_ticks)
-    ax.set_xticklabels([str(s) for s in step_ticks], fontsize=7)
+    ticks = step_ticks(T, 12)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(s) for s in ticks], fontsize=7)
     ax.set_xlabel("step (0 = noisiest)", fontsize=8)
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("Pearson r", fontsize=8)

@@ -6,9 +6,11 @@ no external resources), so the file opens offline and can be mailed around. Cont
 * a summary (model, run settings from the HRV metadata, head layout by place and resolution),
 * top heads per concept,
 * the pictures of ``headlens show`` (generated into ``<hrv>/plots`` when missing),
+* the analyses of this HRV — found inside its folder or beside it (sibling folders whose run files
+  name the HRV's fingerprint, see :mod:`headlens.report_analyses`), or given with ``include`` — each
+  with its headline numbers (areas with CIs and verdicts, Spearman with p, success rates) and picture,
 * every other PNG/JPEG/CSV/Markdown/JSON/text file found inside the HRV folder (and any extra
-  folders given), grouped by sub-folder — weakening curves, polysemy grids, edits, A&E grids,
-  validation results or anything else other commands write there.
+  folders given), grouped by sub-folder.
 """
 
 from __future__ import annotations
@@ -310,14 +312,28 @@ def build_report(hrv_dir: str | Path, out: str | Path | None = None, *, k: int =
         body += "<h3>Per concept: HRV per head and over the denoising steps</h3>" + "".join(per_concept)
     sections.append(("HRV pictures", body))
 
+    # analyses of this HRV (inside its folder, beside it, or given), each with its headline numbers
+    from .report_analyses import analysis_html, describe, find_analyses
+
+    for extra in include:
+        if not Path(extra).is_dir():
+            raise FileNotFoundError(f"--include folder {str(extra)!r} does not exist")
+    described = []
+    for d in [*find_analyses(hrv_dir, hrv.fingerprint, exclude=(pdir,)), *map(Path, include)]:
+        a = describe(d)
+        if a is not None and all(a.folder.resolve() != b.folder.resolve() for b in described):
+            described.append(a)
+    for a in described:
+        sections.append((a.title, analysis_html(a, image_tag, hrv_dir.parent)))
+
     # everything else
-    exclude = [pdir, out]
+    exclude = [pdir, out, *(a.folder for a in described)]
     found = [(hrv_dir, g, files) for g, files in sorted(discover(hrv_dir, exclude).items(),
                                                          key=lambda kv: (kv[0] != ".", _natural(Path(kv[0]))))]
     for extra in include:
         extra = Path(extra)
-        if not extra.is_dir():
-            raise FileNotFoundError(f"--include folder {str(extra)!r} does not exist")
+        if any(extra.resolve() == a.folder.resolve() for a in described):
+            continue
         found += [(extra, f"{extra.name}/{g}" if g != "." else extra.name, files)
                   for g, files in discover(extra, exclude).items()]
     for root, group, files in found:

@@ -34,7 +34,8 @@ from .common import (
     read_csv,
 )
 from .figures import plot_effects
-from .stats import bootstrap_indices, percentile_ci, spearman
+from .verdict import format_ci
+from .stats import bootstrap_indices, percentile_ci, permutation_p, spearman
 
 SCORE_HEADER = ["head", "item", "prompt", "target", "seed", "score"]  # head -1: unweakened
 
@@ -63,6 +64,13 @@ class HeadEffectsResult:
     items: list[Item] = field(default_factory=list, repr=False)
     files: dict[str, Path] = field(default_factory=dict)
     generations: int = 0
+    spearman_p: float | None = None  # two-sided permutation p-value of the Spearman correlation
+
+    @property
+    def no_effect(self) -> list[int]:
+        """Heads whose effect is 0 and whose CI is [0, 0]: weakening them changed no score at all."""
+        return [h for j, h in enumerate(self.heads)
+                if self.effects[j] == 0 and self.low[j] == 0 and self.high[j] == 0]
 
     @property
     def ranking(self) -> list[int]:
@@ -155,15 +163,16 @@ def head_effects(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int] = D
     samples = drops[:, boot].mean(axis=-1).T  # [boot, heads]
     low, high = percentile_ci(samples)
     hrv_values = np.asarray(hrv[concept][selected].tolist()) if hrv is not None else np.full(len(selected), np.nan)
-    rho = rho_low = rho_high = None
+    rho = rho_low = rho_high = rho_p = None
     if hrv is not None and len(selected) > 1:
         rho = spearman(effects, hrv_values)
         rs = np.array([spearman(s, hrv_values) for s in samples])
         rho_low, rho_high = (float(x) for x in percentile_ci(rs))
+        rho_p = permutation_p(effects, hrv_values, n_boot)
     result = HeadEffectsResult(concept, selected, [index[h].name for h in selected], hrv_values, effects, low, high,
-                               rho, rho_low, rho_high, baseline, per_head, items, files, generated)
+                               rho, rho_low, rho_high, baseline, per_head, items, files, generated, rho_p)
     if out is not None:
-        files.update(_write(Path(out), result))
+        files.update(_write(Path(out), result, hrv.fingerprint if hrv is not None else None))
     return result
 
 
@@ -175,7 +184,7 @@ def _rank_positions(values: np.ndarray, heads: list[int]) -> list[int]:
     return ranks
 
 
-def _write(d: Path, r: HeadEffectsResult) -> dict[str, Path]:
+def _write(d: Path, r: HeadEffectsResult, hrv_id: str | None = None) -> dict[str, Path]:
     import csv
 
     files: dict[str, Path] = {}
@@ -190,11 +199,13 @@ def _write(d: Path, r: HeadEffectsResult) -> dict[str, Path]:
                         f"{r.high[j]:.6g}", causal[j], by_hrv[j]])
     title = f"{r.concept}: causal effect per head"
     if r.spearman is not None:
-        title += f"\nSpearman vs HRV = {r.spearman:.3f} [{r.spearman_low:.3f}, {r.spearman_high:.3f}]"
+        title += (f"\nSpearman vs HRV {format_ci(r.spearman, r.spearman_low, r.spearman_high)}, "
+                  f"permutation p {r.spearman_p:.2f} ({len(r.items)} prompt×seed items)")
     files["plot"] = plot_effects(d / "effects.png", r.hrv_values, r.effects, r.low, r.high, title)
     files["summary"] = d / "summary.json"
-    summary = {"concept": r.concept, "heads": r.heads, "items": len(r.items), "spearman": r.spearman,
-               "spearman_ci": [r.spearman_low, r.spearman_high], "ranking": r.ranking,
+    summary = {"analysis": "head_effects", "hrv_id": hrv_id, "concept": r.concept, "heads": r.heads, "items": len(r.items),
+               "spearman": r.spearman, "spearman_ci": [r.spearman_low, r.spearman_high], "spearman_p": r.spearman_p,
+               "no_effect_heads": len(r.no_effect), "ranking": r.ranking,
                "baseline_mean": float(np.mean(r.baseline)), "files": {k: str(v) for k, v in (r.files | files).items()}}
     files["summary"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return files

@@ -64,3 +64,16 @@ def normalised_area(ks, upper, lower) -> float:
     area = ((gap[..., 1:] + gap[..., :-1]) / 2 * np.diff(k)).sum(axis=-1)
     out = area / (k[-1] - k[0])
     return float(out) if np.ndim(out) == 0 else out
+
+
+# Below this many prompt × seed items a percentile-bootstrap 95% interval is too coarse to trust.
+MIN_CI_ITEMS = 20
+
+
+def permutation_p(effects, values, n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman(effects, values): share of shuffles with |ρ| ≥ the observed |ρ|."""
+    e, v = np.asarray(effects, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    observed = abs(spearman(e, v))
+    rng = np.random.default_rng(seed)
+    null = np.array([abs(spearman(e, rng.permutation(v))) for _ in range(int(n_perm))])
+    return float(((null >= observed - 1e-12).sum() + 1) / (len(null) + 1))

@@ -36,6 +36,7 @@ from .common import (
 )
 from .figures import image_grid, plot_curves
 from .stats import bootstrap_indices, normalised_area, percentile_ci
+from .verdict import LERHF_MORHF, LERHF_RANDOM, RANDOM_MORHF, format_ci, short_verdict, weakening_verdict
 
 ORDERS = ("morhf", "lerhf", "random")
 SCORE_HEADER = ["tokens", "order", "draw", "k", "item", "prompt", "target", "seed", "score"]
@@ -108,6 +109,23 @@ class WeakeningResult:
     areas_vs_random: dict[str, Area]  # per token set: random − MoRHF
     files: dict[str, Path]
     generations: int  # images generated in this call (reused ones not counted)
+    areas_lerhf_random: dict[str, Area] = field(default_factory=dict)  # per token set: LeRHF − random
+
+    def area_cis(self) -> dict[str, dict[str, Area]]:
+        """Per token set: the three areas under the keys the verdict reads (see :mod:`.verdict`)."""
+        out: dict[str, dict[str, Area]] = {}
+        for tok, a in self.areas.items():
+            out[tok] = {LERHF_MORHF: a}
+            if tok in self.areas_vs_random:
+                out[tok][RANDOM_MORHF] = self.areas_vs_random[tok]
+            if tok in self.areas_lerhf_random:
+                out[tok][LERHF_RANDOM] = self.areas_lerhf_random[tok]
+        return out
+
+    @property
+    def verdict(self) -> str:
+        """What the curves showed, judged from both areas and their CIs (see :func:`.verdict.weakening_verdict`)."""
+        return weakening_verdict(self.area_cis())
 
     def curve(self, order: str, tokens: str = "words") -> Curve:
         """The curve of one order and token set."""
@@ -260,11 +278,12 @@ def ordered_weakening(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int
         if log is not None:
             log.close()
 
-    curves, areas, vs_random = _summarise(conditions, scores, ks, token_sets, orders, random_draws, n_boot)
+    curves, areas, vs_random, le_random = _summarise(conditions, scores, ks, token_sets, orders, random_draws, n_boot)
+    result = WeakeningResult(concept, H, ks, items, curves, areas, vs_random, files, generated, le_random)
     if out is not None:
-        files.update(_write_outputs(Path(out), concept, H, curves, areas, vs_random, conditions, items, grid,
-                                    grid_items, ks, token_sets, orders))
-    return WeakeningResult(concept, H, ks, items, curves, areas, vs_random, files, generated)
+        files.update(_write_outputs(Path(out), result, conditions, grid, grid_items, token_sets, orders,
+                                    random_draws, hrv.fingerprint))
+    return result
 
 
 def _summarise(conditions, scores, ks, token_sets, orders, random_draws, n_boot):
@@ -281,12 +300,13 @@ def _summarise(conditions, scores, ks, token_sets, orders, random_draws, n_boot)
             low, high = percentile_ci(samples)
             spread = mat.mean(axis=-1).std(axis=0) if order == "random" else None
             curves.append(Curve(order, tok, list(ks), m.mean(axis=-1), low, high, spread, m))
-    areas, vs_random = {}, {}
+    areas, vs_random, le_random = {}, {}, {}
     for tok in token_sets:
         areas[tok] = _area(ks, per_item[(tok, "lerhf")], per_item[(tok, "morhf")], boot)
         if (tok, "random") in per_item:
             vs_random[tok] = _area(ks, per_item[(tok, "random")], per_item[(tok, "morhf")], boot)
-    return curves, areas, vs_random
+            le_random[tok] = _area(ks, per_item[(tok, "lerhf")], per_item[(tok, "random")], boot)
+    return curves, areas, vs_random, le_random
 
 
 def _area(ks, upper, lower, boot) -> Area:
@@ -303,8 +323,21 @@ def _find(conditions, tok, order, draw, k):
     raise KeyError((tok, order, draw, k))
 
 
-def _write_outputs(d: Path, concept, H, curves, areas, vs_random, conditions, items, grid, grid_items, ks,
-                   token_sets, orders) -> dict[str, Path]:
+def area_lines(result: WeakeningResult, digits: int = 2) -> list[str]:
+    """Both areas with their CIs, one line per token set: 'words: LeRHF − MoRHF +0.24 [0.10, 0.38]; random − …'."""
+    lines = []
+    for tok, a in result.areas.items():
+        line = f"{tok}: LeRHF − MoRHF {format_ci(a.value, a.low, a.high, digits)}"
+        if tok in result.areas_vs_random:
+            v = result.areas_vs_random[tok]
+            line += f"; random − MoRHF {format_ci(v.value, v.low, v.high, digits)}"
+        lines.append(line)
+    return lines
+
+
+def _write_outputs(d: Path, r: WeakeningResult, conditions, grid, grid_items, token_sets, orders,
+                   random_draws: int, hrv_id: str) -> dict[str, Path]:
+    concept, H, curves, items, ks = r.concept, r.num_heads, r.curves, r.items, r.ks
     files: dict[str, Path] = {}
     files["curves"] = d / "curves.csv"
     with CsvLogWriter(files["curves"], ["tokens", "order", "k", "mean", "ci_low", "ci_high", "spread", "n"]) as w:
@@ -313,11 +346,9 @@ def _write_outputs(d: Path, concept, H, curves, areas, vs_random, conditions, it
                 spread = "" if c.spread is None else f"{c.spread[j]:.6g}"
                 w.write([[c.tokens, c.order, k, f"{c.mean[j]:.6g}", f"{c.low[j]:.6g}", f"{c.high[j]:.6g}", spread,
                           len(items)]])
-    title = f"{concept}: ordered weakening ({len(items)} prompt×seed items)"
-    if "words" in areas:
-        a = areas["words"]
-        title += f"\narea LeRHF−MoRHF = {a.value:.3g} [{a.low:.3g}, {a.high:.3g}]"
-    files["plot"] = plot_curves(d / "curves.png", curves, title)
+    title = f"{concept}: ordered weakening ({len(items)} prompt×seed items)\n" + "\n".join(area_lines(r))
+    title += f"\nverdict: {short_verdict(r.area_cis())}"
+    files["plot"] = plot_curves(d / "curves.png", curves, title, random_draws=random_draws)
     n_cols = min(grid_items, len(items))
     for tok in token_sets:
         for order in orders:
@@ -333,9 +364,12 @@ def _write_outputs(d: Path, concept, H, curves, areas, vs_random, conditions, it
             img.save(path)
             files[f"grid_{order}{suffix}"] = path
     summary = {
-        "concept": concept, "num_heads": H, "ks": ks, "items": len(items),
-        "area": {t: asdict(a) for t, a in areas.items()},
-        "area_vs_random": {t: asdict(a) for t, a in vs_random.items()},
+        "analysis": "ordered_weakening", "hrv_id": hrv_id, "concept": concept, "num_heads": H, "ks": ks,
+        "items": len(items), "random_draws": random_draws,
+        "area": {t: asdict(a) for t, a in r.areas.items()},
+        "area_vs_random": {t: asdict(a) for t, a in r.areas_vs_random.items()},
+        "area_lerhf_random": {t: asdict(a) for t, a in r.areas_lerhf_random.items()},
+        "verdict": r.verdict,
         "curves": [{"order": c.order, "tokens": c.tokens, "mean": c.mean.tolist(), "ci_low": c.low.tolist(),
                     "ci_high": c.high.tolist()} for c in curves],
         "files": {k: str(v) for k, v in files.items()},
@@ -360,4 +394,4 @@ class CsvLogWriter(CsvLog):
 
 
 __all__ = ["ORDERS", "TOKEN_SETS", "Area", "Condition", "Curve", "WeakeningResult", "default_ks", "head_order",
-           "ordered_weakening", "plan_conditions"]
+           "area_lines", "ordered_weakening", "plan_conditions"]

@@ -17,16 +17,21 @@ app = typer.Typer(
 
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the headlens version and exit.", is_eager=True),
-) -> None:
-    """Find and steer the cross-attention heads of text-to-image diffusion models."""
-    if version:
+def _print_version(value: bool) -> None:
+    """--version: print the version and stop (eager: works without a command)."""
+    if value:
         from headlens import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"headlens {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the headlens version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Find and steer the cross-attention heads of text-to-image diffusion models."""
 
 
 # Each module registers its commands on `app` when imported. Add new command modules here.

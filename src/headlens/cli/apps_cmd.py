@@ -11,9 +11,42 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo, load_model, parse_seeds
+from .common import (
+    DEVICE_HELP,
+    DRY_RUN_HELP,
+    DTYPE_HELP,
+    GUIDANCE_HELP,
+    MODEL_HELP,
+    STEPS_HELP,
+    UserError,
+    at_least,
+    calibrate,
+    check_device,
+    check_dtype,
+    check_hrv_dir,
+    check_size,
+    echo,
+    generation_defaults,
+    load_model,
+    model_label,
+    output_folder,
+    parse_seeds,
+    report_cost,
+)
 
 MIN_TILE = 128
+EDIT_EXAMPLES = """Examples:
+
+  headlens edit --source "a red circle" --target "a blue circle" -c Color --hrv world-hrv -o edits
+
+  headlens edit --benchmark Material --max-prompts 5 --hrv sd15-hrv -m M -o edits --dry-run
+"""
+EXCITE_EXAMPLES = """Examples:
+
+  headlens excite "a red circle and a blue square" -t circle:Shape -t square:Shape --hrv world-hrv -o excite
+
+  headlens excite --benchmark animal-animal --max-prompts 4 --hrv sd15-hrv -m M -o excite --dry-run
+"""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -24,25 +57,16 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def grid(rows: list[list], columns: list[str], row_labels: list[str], title: str = ""):
-    """Labelled image grid: one row per seed, one column per method (tiles upscaled to >= 128 px)."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Labelled image grid with gaps: one row per seed, one column per method (tiles upscaled to >= 128 px)."""
+    import textwrap
 
-    font = ImageFont.load_default()
+    from headlens.analysis.figures import image_grid
+
     w0, h0 = rows[0][0].size
-    scale = max(1, -(-MIN_TILE // max(1, min(w0, h0))))
-    tw, th = w0 * scale, h0 * scale
-    left, top = 70, 22 + (18 if title else 0)
-    canvas = Image.new("RGB", (left + tw * len(columns), top + th * len(rows)), "white")
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill="black", font=font)
-    for j, name in enumerate(columns):
-        draw.text((left + j * tw + 4, top - 16), name, fill="black", font=font)
-    for i, (label, images) in enumerate(zip(row_labels, rows)):
-        draw.text((4, top + i * th + th // 2 - 6), label, fill="black", font=font)
-        for j, image in enumerate(images):
-            canvas.paste(image.convert("RGB").resize((tw, th), Image.NEAREST), (left + j * tw, top + i * th))
-    return canvas
+    cell = max(MIN_TILE, min(w0, h0), 160)
+    width = max(12, cell // 8)
+    cols = ["\n".join(textwrap.wrap(c, width)) for c in columns]
+    return image_grid(rows, row_labels, cols, cell=cell, title=title or None)
 
 
 def make_scorer(spec: str | None, device: str):
@@ -82,26 +106,41 @@ def write_scores(path: Path, rows: list[dict]) -> None:
 
 
 def _check_size(size: int | None) -> None:
-    if size is not None and (size < 8 or size % 8):
-        raise UserError(f"--size must be a positive multiple of 8 (got {size})")
+    check_size(size)
+
+
+def _check_replace(pipe, cases: list, edit: str) -> None:
+    """A replace edit needs source and target of the same token count: say so in CLI terms before generating."""
+    if edit != "replace":
+        return
+    from headlens.edit import _tokenizer
+    from headlens.tokens import TokenMap
+
+    tok = _tokenizer(pipe)
+    for case in cases:
+        a, b = TokenMap.from_tokenizer(tok, case.source), TokenMap.from_tokenizer(tok, case.target)
+        if len(a.word_positions) != len(b.word_positions):
+            raise UserError(f"--source {case.source!r} has {len(a.word_positions)} tokens and --target {case.target!r} "
+                            f"{len(b.word_positions)}: --edit replace needs equal counts; add --edit refine for "
+                            "different wordings")
 
 
 # ---------------------------------------------------------------------------------------------- edit
-@app.command("edit")
+@app.command("edit", epilog=EDIT_EXAMPLES)
 def edit_command(
     source: str = typer.Option(None, "--source", help="Source prompt, e.g. 'a bowl made of wood'."),
     target: str = typer.Option(None, "--target", help="Target prompt: the source with the attribute word replaced."),
     concept: str = typer.Option(None, "--concept", "-c", help="Concept of the edited attribute (its HRV strengthens the edited word), e.g. Material."),
     word: str = typer.Option(None, "--word", help="The edited word of the target (default: the word that differs)."),
     benchmark: str = typer.Option(None, "--benchmark", help="Run the shipped edit list of a concept instead: Color, Material, 'Geometric patterns', 'Image style', 'Weather conditions'."),
-    limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N edits."),
+    limit: int = typer.Option(None, "--max-prompts", "--limit", help="With --benchmark: only the first N edits."),
     cases_file: Path = typer.Option(None, "--cases", help="With --benchmark: read the edits from this TOML file ([[edit]] tables with source, target, word, concept) instead of the shipped edits.toml."),
     hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`), paper:sd-v1-4 / paper:sdxl-base-1.0 or hf://OWNER/REPO; adds the P2P-HRV column."),
     seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
-    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
+    model: str = typer.Option("world", "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per edit)."),
-    steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps (reference: 50)."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(None, "--steps", "-n", help=STEPS_HELP),
+    guidance: float = typer.Option(None, "--guidance", "-g", help=GUIDANCE_HELP),
     edit: str = typer.Option("replace", "--edit", help="replace (same token count) or refine (different wording)."),
     cross_replace: float = typer.Option(0.8, "--cross-replace", help="Plain P2P: fraction of steps with cross-attention replaced (reference 0.8)."),
     self_replace: float = typer.Option(0.4, "--self-replace", help="Plain P2P: fraction of steps with self-attention replaced (reference 0.4)."),
@@ -110,15 +149,23 @@ def edit_command(
     local_blend: list[str] = typer.Option(None, "--local-blend", help="Words whose region may change (repeatable); the rest stays as in the source."),
     scorer: str = typer.Option(None, "--scorer", help="Score the images: a CLIP hub id/folder, or 'world' (the bundled ground-truth reader); writes scores.csv."),
     size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Prompt-to-Prompt edits: writes source | P2P | P2P-HRV images and a labelled grid per edit."""
     from headlens.edit import EditCase, load_edits, p2p
     from headlens.evaluation import ImageDistance, edit_scores
 
+    check_device(device)
+    check_dtype(dtype)
     seed_list = parse_seeds(seeds)
     _check_size(size)
+    steps, guidance = generation_defaults(model, steps, guidance)
+    for flag, v in (("--cross-replace", cross_replace), ("--self-replace", self_replace),
+                    ("--hrv-cross-replace", hrv_cross_replace), ("--hrv-self-replace", hrv_self_replace)):
+        if not 0 <= v <= 1:
+            raise UserError(f"{flag} must be a fraction of the run in [0, 1] (got {v:g}), e.g. 0.8")
     if benchmark is not None:
         if source or target:
             raise UserError("give either --source/--target or --benchmark, not both")
@@ -129,21 +176,35 @@ def edit_command(
         cases = [EditCase(source, target, word or "", concept or "")]
     if edit not in ("replace", "refine"):
         raise UserError(f"unknown --edit {edit!r}: use replace or refine")
-    out.mkdir(parents=True, exist_ok=True)
+    if hrv is not None and any(not case.concept for case in cases):
+        raise UserError("--hrv needs --concept (the edited attribute's concept, e.g. Material)")
+    check_hrv_dir(hrv)
+    output_folder(out, create=not dry_run)
     pipe = load_model(model, device, dtype)
     hrv_obj = load_hrv(hrv, pipe)
     if hrv_obj is not None:
         for case in cases:
-            if not case.concept:
-                raise UserError("--hrv needs --concept (the edited attribute's concept, e.g. Material)")
             hrv_obj.concept_index(case.concept)
+    _check_replace(pipe, cases, edit)
+    if dry_run:
+        calls = len(cases) * len(seed_list) * (2 if hrv_obj is not None else 1)
+        c0 = cases[0]
+
+        def run(n: int) -> None:
+            p2p(pipe, c0.source, c0.target, num_inference_steps=n, guidance_scale=guidance, edit=edit, height=size,
+                width=size, seed=seed_list[0])
+
+        report_cost(2 * calls, calibrate(run, steps) / 2,
+                    f"images ({len(cases)} edit(s) × {len(seed_list)} seeds × source + P2P"
+                    f"{' + P2P-HRV' if hrv_obj is not None else ''}, each pair one batched generation)")
+        return
     score = make_scorer(scorer, device)
     distance = ImageDistance() if score is not None else None
-    columns = ["Source", "P2P"] + (["P2P-HRV"] if hrv_obj is not None else [])
-    settings = {"model": model, "seeds": seed_list, "steps": steps, "guidance": guidance, "edit": edit,
+    settings = {"model": model_label(model), "seeds": seed_list, "steps": steps, "guidance": guidance, "edit": edit,
                 "p2p": {"cross_replace": cross_replace, "self_replace": self_replace},
                 "p2p_hrv": {"cross_replace": hrv_cross_replace, "self_replace": hrv_self_replace},
-                "hrv": str(hrv) if hrv else None, "local_blend": list(local_blend or []), "size": size}
+                "hrv": str(hrv) if hrv else None,
+                "hrv_id": hrv_obj.fingerprint if hrv_obj is not None else None, "local_blend": list(local_blend or []), "size": size}
     (out / "run.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     rows = []
     common = {"num_inference_steps": steps, "guidance_scale": guidance, "edit": edit, "height": size, "width": size,
@@ -172,6 +233,8 @@ def edit_command(
                                     concept=case.concept or None, distance=distance)
                     rows.append({"source": case.source, "target": case.target, "word": attr_word,
                                  "concept": case.concept, "seed": s, "method": name, **r})
+        columns = [f"source: {case.source}", f"P2P: {case.target}"] + (
+            [f"P2P-HRV ({case.concept}): {case.target}"] if hrv_obj is not None else [])
         grid(grid_rows, columns, [f"seed {s}" for s in seed_list], f"{case.source} → {case.target}").save(
             folder / "grid.png")
         (folder / "case.json").write_text(json.dumps(case.__dict__, indent=2), encoding="utf-8")
@@ -191,8 +254,7 @@ def _first(cases: list, limit: int | None) -> list:
     """The first ``limit`` benchmark cases (all when None)."""
     if limit is None:
         return cases
-    if limit < 1:
-        raise UserError(f"--limit must be ≥ 1 (got {limit})")
+    at_least(limit, 1, "--max-prompts")
     return cases[:limit]
 
 
@@ -203,33 +265,40 @@ def _differing_word(source: str, target: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- excite
-@app.command("excite")
+@app.command("excite", epilog=EXCITE_EXAMPLES)
 def excite_command(
     prompt: str = typer.Argument(None, help="Prompt with several subjects, e.g. 'a cat and a dog'."),
     token: list[str] = typer.Option(None, "--token", "-t", help="Subject word and its concept, WORD:CONCEPT (repeatable), e.g. cat:Animals."),
     benchmark: str = typer.Option(None, "--benchmark", help="Run a shipped prompt group instead: animal-animal, animal-object, object-object, color-object."),
-    limit: int = typer.Option(None, "--limit", help="With --benchmark: only the first N prompts."),
+    limit: int = typer.Option(None, "--max-prompts", "--limit", help="With --benchmark: only the first N prompts."),
     cases_file: Path = typer.Option(None, "--cases", help="With --benchmark: read the prompt groups from this TOML file (as the shipped multi_concept.toml) instead."),
     hrv: Path = typer.Option(None, "--hrv", help="HRV folder (from `headlens build`), paper:sd-v1-4 / paper:sdxl-base-1.0 or hf://OWNER/REPO; adds the A&E-HRV column."),
     seeds: str = typer.Option("1-4", "--seeds", "-s", help="Seeds: '1-4', '1,5,9' or '3'."),
-    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random smoke-test model."),
+    model: str = typer.Option("world", "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one sub-folder per prompt)."),
-    steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps (reference: 50)."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(None, "--steps", "-n", help=STEPS_HELP),
+    guidance: float = typer.Option(None, "--guidance", "-g", help=GUIDANCE_HELP),
     max_iter: int = typer.Option(25, "--max-iter", help="Steps with a latent update (reference max_iter_to_alter 25)."),
     resolution: int = typer.Option(None, "--resolution", help="A&E map resolution (default: the layers closest to latent/4, 16 for SD at 512 px)."),
     hrv_resolution: int = typer.Option(None, "--hrv-resolution", help="A&E-HRV map resolution, all layers resized (default latent/8, 8 for SD at 512 px)."),
     scorer: str = typer.Option(None, "--scorer", help="Score the images: a CLIP hub id/folder, or 'world'; writes scores.csv."),
     size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Attend-and-Excite: writes SD | A&E | A&E-HRV images and a labelled grid per prompt."""
     from headlens.attend_excite import MultiConceptCase, excite, load_multi_concept, parse_tokens
     from headlens.evaluation import multi_concept_scores
 
+    check_device(device)
+    check_dtype(dtype)
     seed_list = parse_seeds(seeds)
     _check_size(size)
+    steps, guidance = generation_defaults(model, steps, guidance)
+    at_least(max_iter, 0, "--max-iter")
+    at_least(resolution, 1, "--resolution")
+    at_least(hrv_resolution, 1, "--hrv-resolution")
     if benchmark is not None:
         if prompt or token:
             raise UserError("give either a prompt with --token or --benchmark, not both")
@@ -238,7 +307,8 @@ def excite_command(
         if not prompt or not token:
             raise UserError("give a prompt and its subjects with --token WORD:CONCEPT (or --benchmark GROUP)")
         cases = [MultiConceptCase("custom", prompt, tuple(parse_tokens(token)))]
-    out.mkdir(parents=True, exist_ok=True)
+    check_hrv_dir(hrv)
+    output_folder(out, create=not dry_run)
     pipe = load_model(model, device, dtype)
     hrv_obj = load_hrv(hrv, pipe)
     if hrv_obj is not None:
@@ -247,10 +317,22 @@ def excite_command(
                 if not c:
                     raise UserError(f"token {w!r} has no concept; A&E-HRV needs WORD:CONCEPT, e.g. {w}:Animals")
                 hrv_obj.concept_index(c)
+    if dry_run:
+        methods = 3 if hrv_obj is not None else 2
+        c0 = cases[0]
+
+        def run(n: int) -> None:
+            excite(pipe, c0.prompt, list(c0.tokens), seed=seed_list[0], num_inference_steps=n, guidance_scale=guidance,
+                   max_iter_to_alter=max(n, max_iter), height=size, width=size)
+
+        report_cost(methods * len(cases) * len(seed_list), calibrate(run, steps),
+                    f"images ({len(cases)} prompt(s) × {len(seed_list)} seeds × SD, A&E"
+                    f"{', A&E-HRV' if hrv_obj is not None else ''}; time as if every step were optimised)")
+        return
     score = make_scorer(scorer, device)
-    columns = ["SD", "A&E"] + (["A&E-HRV"] if hrv_obj is not None else [])
-    settings = {"model": model, "seeds": seed_list, "steps": steps, "guidance": guidance, "max_iter": max_iter,
+    settings = {"model": model_label(model), "seeds": seed_list, "steps": steps, "guidance": guidance, "max_iter": max_iter,
                 "resolution": resolution, "hrv_resolution": hrv_resolution, "hrv": str(hrv) if hrv else None,
+                "hrv_id": hrv_obj.fingerprint if hrv_obj is not None else None,
                 "size": size}
     (out / "run.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     rows = []
@@ -277,6 +359,9 @@ def excite_command(
                 for name, image in images.items():
                     r = multi_concept_scores(image, case.prompt, tokens, score)
                     rows.append({"group": case.group, "prompt": case.prompt, "seed": s, "method": name, **r})
+        subjects = ", ".join(w for w, _ in case.tokens)
+        columns = [f"SD: {case.prompt}", f"A&E ({subjects})"] + (
+            [f"A&E-HRV ({', '.join(f'{w}→{c}' for w, c in case.tokens)})"] if hrv_obj is not None else [])
         grid(grid_rows, columns, [f"seed {s}" for s in seed_list], case.prompt).save(folder / "grid.png")
         (folder / "case.json").write_text(json.dumps({"group": case.group, "prompt": case.prompt,
                                                       "tokens": [list(t) for t in case.tokens]}, indent=2),

@@ -7,10 +7,19 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import echo, stdout
+from .common import at_least, echo, output_folder, stdout
+
+MERGE_EXAMPLES = """Examples:
+
+  headlens merge part-0 part-1 part-2 part-3 --out sd15-hrv
+"""
+CONVERGENCE_EXAMPLES = """Examples:
+
+  headlens build --per-prompt -o world-hrv && headlens convergence world-hrv -o world-conv
+"""
 
 
-@app.command("merge")
+@app.command("merge", epilog=MERGE_EXAMPLES)
 def merge_command(
     runs: list[Path] = typer.Argument(..., help="Two or more HRV folders and/or build --out folders holding checkpoints."),  # noqa: B008
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged HRV (+ checkpoint, + per-prompt votes if all runs kept them)."),  # noqa: B008
@@ -25,6 +34,7 @@ def merge_command(
     from headlens.building import check_output_dir
     from headlens.distributed import merge_runs
 
+    output_folder(out)
     check_output_dir(out)
     hrv, merged = merge_runs(runs, out, allow_unknown=force)
     md = hrv.metadata
@@ -36,7 +46,7 @@ def merge_command(
     stdout(str(out))
 
 
-@app.command("convergence")
+@app.command("convergence", epilog=CONVERGENCE_EXAMPLES)
 def convergence_command(
     hrv_dir: Path = typer.Argument(..., help="HRV folder built with --per-prompt (has prompt_votes.safetensors)."),  # noqa: B008
     out: Path = typer.Option(..., "--out", "-o", help="Folder for stability.csv, stability.png, intervals.csv, summary.json."),  # noqa: B008
@@ -50,8 +60,16 @@ def convergence_command(
     """How stable is an HRV? Bootstrap intervals per element and rank stability as prompts accumulate."""
     from headlens.convergence import convergence_report
 
-    if boot < 2:
-        raise typer.BadParameter("--boot must be ≥ 2")
+    at_least(boot, 2, "--boot")
+    at_least(top, 1, "--top")
+    at_least(window, 1, "--window")
+    at_least(points, 1, "--points")
+    if not 0 < level < 1:
+        raise ValueError(f"--level must lie between 0 and 1 (got {level:g}), e.g. 0.95")
+    from .show_cmd import _load_hrv
+
+    _load_hrv(hrv_dir)
+    output_folder(out)
     s = convergence_report(hrv_dir, out, num_boot=boot, level=level, top=top, window=window, points=points, seed=seed)
     widths = s["mean_interval_width"]
     echo(f"{s['prompts']} prompts, {s['heads']} heads × {len(s['concepts'])} concepts; "

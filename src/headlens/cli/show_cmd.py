@@ -9,10 +9,47 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import UserError, echo, load_model, stdout
+from .common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    GUIDANCE_HELP,
+    MODEL_HELP,
+    STEPS_HELP,
+    UserError,
+    at_least,
+    check_device,
+    check_dtype,
+    check_hrv_dir,
+    check_size,
+    echo,
+    generation_defaults,
+    load_model,
+    model_label,
+    output_file,
+    output_folder,
+    stdout,
+)
 
 MPL_ENV = "MPLBACKEND"
 DEFAULT_MAPS_OUT = Path("headlens-maps")
+SHOW_EXAMPLES = """Examples:
+
+  headlens show world-hrv
+
+  headlens show world-hrv --concept Color,Shape --k 5 --out world-plots
+"""
+MAPS_EXAMPLES = """Examples:
+
+  headlens maps "a red circle" -w circle -c Shape --hrv world-hrv -o maps-circle
+
+  headlens maps "a photo of an apple" -w apple -m M -k 8 --scale shared -o maps-apple
+"""
+REPORT_EXAMPLES = """Examples:
+
+  headlens report world-hrv
+
+  headlens report world-hrv --out world-report.html --include runs/weaken-size
+"""
 
 
 def _agg() -> None:
@@ -65,11 +102,11 @@ def _latent(spec: str | None):
     return tuple(parts)
 
 
-@app.command("show")
+@app.command("show", epilog=SHOW_EXAMPLES)
 def show_command(
     hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build`, a shipped HRV (paper:sd-v1-4, paper:sdxl-base-1.0) or hf://OWNER/REPO.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the pictures (default: HRV_DIR/plots; for paper:NAME / hf://… ./paper-NAME/plots …).")] = None,
-    concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts to draw (default: all)."),
+    concepts: str = typer.Option(None, "--concepts", "--concept", "-c", help="Comma-separated concepts to draw (default: all)."),
     k: int = typer.Option(10, "--k", "-k", help="Heads per concept in the top-heads table."),
     latent_size: str = typer.Option(None, "--latent-size", help="Latent size for resolution labels, e.g. 64 or 64x48 (default: from the HRV metadata, else relative like '/2')."),
     similarity: str = typer.Option("pearson", "--similarity", help="Concept similarity: pearson (centred) or cosine."),
@@ -81,12 +118,11 @@ def show_command(
 
     hrv = _load_hrv(hrv_dir)
     names = _concepts(hrv, concepts)
-    if k < 1:
-        raise UserError(f"--k must be ≥ 1 (got {k})")
+    at_least(k, 1, "--k")
     if similarity not in ("pearson", "cosine"):
         raise UserError(f"unknown --similarity {similarity!r}: use pearson or cosine")
     latent = _latent(latent_size)
-    out = out or (_name_dir(hrv_dir) if _named(hrv_dir) else hrv_dir) / "plots"
+    out = output_folder(out or (_name_dir(hrv_dir) if _named(hrv_dir) else hrv_dir) / "plots")
     echo(f"drawing {len(names or hrv.concepts)} concepts × {len(hrv.heads)} heads → {out}")
     files = plots.save_all(hrv, out, concepts=names, k=k, latent_size=latent, similarity=similarity,
                            cluster=not no_cluster)
@@ -96,25 +132,27 @@ def show_command(
     echo(f"wrote {sum(len(v) for v in files.values())} files to {out}")
 
 
-@app.command("maps")
+@app.command("maps", epilog=MAPS_EXAMPLES)
 def maps_command(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt to generate."),
+    prompt_arg: str = typer.Argument(None, help="Prompt to generate (or --prompt).", metavar="PROMPT"),
+    prompt_opt: str = typer.Option(None, "--prompt", help="Prompt to generate (same as the PROMPT argument)."),
     word: str = typer.Option(..., "--word", "-w", help="Word of the prompt whose attention maps to draw (e.g. apple, 'oak tree')."),
     concept: str = typer.Option(None, "--concept", "-c", help="Draw this concept's top-k heads by HRV (needs --hrv)."),
     hrv_dir: Annotated[Path | None, typer.Option("--hrv", help="HRV folder for --concept (must match the model's heads), paper:NAME or hf://OWNER/REPO.")] = None,
     k: int = typer.Option(6, "--k", "-k", help="Number of heads to draw."),
+    scale: str = typer.Option("both", "--scale", help="Colour scale of the maps: 'both' (each map stretched to its own min–max, and below it all maps on one shared scale), 'each' or 'shared'."),
     heads: str = typer.Option(None, "--heads", help="Comma-separated heads to draw instead (index, short name like down1.h3, or full name)."),
-    model: str = typer.Option("world", "--model", "-m", help="Hub id or local pipeline folder; 'world' = the bundled model, 'tiny' = a random tiny model."),
+    model: str = typer.Option("world", "--model", "-m", help=MODEL_HELP),
     seed: int = typer.Option(0, "--seed", "-s", help="Seed of the generation."),
-    steps: int = typer.Option(20, "--steps", "-n", help="Denoising steps."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(None, "--steps", "-n", help=STEPS_HELP),
+    guidance: float = typer.Option(None, "--guidance", "-g", help=GUIDANCE_HELP),
     size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
     occurrence: int = typer.Option(None, "--occurrence", help="Use only the n-th occurrence of the word (0-based; default: all)."),
     map_size: str = typer.Option("auto", "--map-size", help="Accumulate maps at 'image', 'latent', 'auto' (image unless > 1 GiB) or N pixels."),
     save_maps: bool = typer.Option(False, "--save-maps", help="Also write the raw maps [heads, h, w] as maps.safetensors."),
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: image.png, maps.png, run.json.")] = DEFAULT_MAPS_OUT,
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Per-head attention maps of a word (DAAM-style): the chosen heads' maps over the generated image."""
     _agg()
@@ -122,18 +160,28 @@ def maps_command(
     from headlens.maps import head_maps, plot_head_maps
     from headlens.tokens import TokenMap
 
-    if k < 1:
-        raise UserError(f"--k must be ≥ 1 (got {k})")
-    if steps < 1:
-        raise UserError(f"--steps must be ≥ 1 (got {steps})")
+    check_device(device)
+    check_dtype(dtype)
+    if prompt_arg and prompt_opt and prompt_arg != prompt_opt:
+        raise UserError("two prompts given (PROMPT and --prompt); give one")
+    prompt = prompt_arg or prompt_opt
+    if not prompt:
+        raise UserError('give the prompt to generate: PROMPT or --prompt, e.g. "a red circle"')
+    at_least(k, 1, "--k")
+    steps, guidance = generation_defaults(model, steps, guidance)
+    check_size(size)
+    if scale not in ("both", "each", "shared"):
+        raise UserError(f"unknown --scale {scale!r}: use both, each or shared")
     hrv = None
     if concept is not None and hrv_dir is None:
         raise UserError("--concept needs --hrv HRV_DIR (an HRV built for this model) to rank the heads")
     if hrv_dir is not None:
+        check_hrv_dir(hrv_dir)
         hrv = _load_hrv(hrv_dir)
         if concept is not None:
             concept = hrv.concepts[hrv.concept_index(concept)]
     ms = map_size if map_size in ("auto", "image", "latent") else _int(map_size, "--map-size")
+    output_folder(out)
     pipe = load_model(model, device, dtype)
     TokenMap.from_tokenizer(pipe.tokenizer, prompt).find(word, pipe.tokenizer, occurrence)  # fail before generating
     if hrv is not None:
@@ -147,11 +195,13 @@ def maps_command(
     echo(f"generating {prompt!r} (seed {seed}, {steps} steps) and mapping {word!r} at every head")
     result = head_maps(pipe, prompt, word, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
                        height=size, width=size, occurrence=occurrence, map_size=ms)
-    fig = plot_head_maps(result, hrv=hrv, concept=concept, k=k, heads=head_list)
-    result.metadata["model_arg"] = model
+    fig = plot_head_maps(result, hrv=hrv, concept=concept, k=k, heads=head_list, scale=scale)
+    result.metadata["model_arg"] = model_label(model)
+    if hrv is not None:
+        result.metadata["hrv"] = str(hrv_dir)
+        result.metadata["hrv_id"] = hrv.fingerprint
     if concept:
         result.metadata["concept"] = concept
-        result.metadata["hrv"] = str(hrv_dir)
     result.save(out, tensors=save_maps)
     plots.save_figure(fig, out / "maps.png")
     echo(f"wrote image.png, maps.png, run.json{', maps.safetensors' if save_maps else ''} to {out}")
@@ -165,12 +215,12 @@ def _int(value: str, flag: str) -> int:
         raise UserError(f"bad {flag} {value!r}: use auto, image, latent or a number of pixels") from None
 
 
-@app.command("report")
+@app.command("report", epilog=REPORT_EXAMPLES)
 def report_command(
-    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build` (analyses saved inside it are included); paper:NAME or hf://OWNER/REPO are first saved to ./paper-NAME (./hf-OWNER-REPO).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write (default: HRV_DIR/report.html).")] = None,
+    hrv_dir: Annotated[Path, typer.Argument(help="HRV folder written by `headlens build` (analyses saved inside it, and sibling analysis folders made from it, are included); paper:NAME or hf://OWNER/REPO are first saved to ./paper-NAME (./hf-OWNER-REPO).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file to write, ending in .html (default: HRV_DIR/report.html).")] = None,
     include: Annotated[list[Path] | None, typer.Option("--include", "-i", help="Extra folder of analysis outputs to include (repeatable).")] = None,
-    concepts: str = typer.Option(None, "--concepts", "-c", help="Comma-separated concepts (default: all)."),
+    concepts: str = typer.Option(None, "--concepts", "--concept", "-c", help="Comma-separated concepts (default: all)."),
     k: int = typer.Option(10, "--k", "-k", help="Heads per concept in the top-heads table."),
     regenerate: bool = typer.Option(False, "--regenerate", help="Redraw `headlens show`'s pictures even if HRV_DIR/plots exists."),
     latent_size: str = typer.Option(None, "--latent-size", help="Latent size for resolution labels, e.g. 64 (default: from metadata)."),
@@ -179,16 +229,19 @@ def report_command(
     _agg()
     from headlens.report import build_report
 
+    at_least(k, 1, "--k")
+    if out is not None:
+        output_file(out, "--out", (".html", ".htm"), "report")
+    for d in include or []:
+        if not d.is_dir():
+            raise UserError(f"--include folder {str(d)!r} does not exist")
     hrv = _load_hrv(hrv_dir)
-    if k < 1:
-        raise UserError(f"--k must be ≥ 1 (got {k})")
     if _named(hrv_dir):  # a shipped / Hub HRV: a local folder holds its files, pictures and report
         name, hrv_dir = str(hrv_dir), _name_dir(hrv_dir)
         hrv.save(hrv_dir)
         echo(f"saved {name} to {hrv_dir}")
-    for d in include or []:
-        if not d.is_dir():
-            raise UserError(f"--include folder {str(d)!r} does not exist")
+    if out is None:
+        output_file(hrv_dir / "report.html", "--out", (".html", ".htm"), "report")
     path = build_report(hrv_dir, out, k=k, regenerate=regenerate, include=include or [],
                         concepts=_concepts(hrv, concepts), latent_size=_latent(latent_size))
     echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, self-contained)")

@@ -8,14 +8,21 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo
+from .common import UserError, echo, output_file, output_folder
+
+REPORT_EXAMPLES = """Examples:
+
+  headlens world report --quick --out world-report-quick
+
+  headlens world report --out docs/world-report
+"""
 
 world_app = typer.Typer(name="world", help="The bundled world model: validation report of its HRVs.",
                         no_args_is_help=True)
 app.add_typer(world_app)
 
 
-@world_app.command("report")
+@world_app.command("report", epilog=REPORT_EXAMPLES)
 def report_command(
     out: Path = typer.Option(Path("docs/world-report"), "--out", "-o", help="Folder for the PNG plots, report.json and the HRVs."),
     markdown: Path = typer.Option(None, "--markdown", help="Markdown file to write (default: <out>.md beside the folder)."),
@@ -32,6 +39,8 @@ def report_command(
     from headlens import world
     from headlens.validation import ReportConfig, render_from_json, run_report
 
+    if markdown is not None:
+        output_file(markdown, "--markdown", (".md", ".markdown"), "report")
     if render_only:
         if not (out / "report.json").exists():
             raise UserError(f"no report.json in {out}; run `headlens world report --out {out}` first")
@@ -45,6 +54,7 @@ def report_command(
     if not (path / "model_index.json").exists():
         raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
                         "`python -m headlens.world.train` or give --model FOLDER")
+    output_folder(out)
     pipe = world.load_pipeline(folder=folder, variant=variant or "default")
     try:
         reader = world.Scorer()

@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from ..analysis.verdict import weakening_verdict
+
 
 def _f(ci: dict | None, pct: bool = False, d: int = 3) -> str:
     if not ci or ci.get("mean") is None or (isinstance(ci["mean"], float) and math.isnan(ci["mean"])):
@@ -393,19 +395,7 @@ def _verdicts(r: dict) -> list[str]:
         if not _follows(c):
             out.append(f"{concept}: not testable (the model does not follow it)")
             continue
-        signs = [_sign(t["area_random_morhf"]) for t in c["tokens"].values()]
-        lows = [_sign(t["area_lerhf_random"]) for t in c["tokens"].values()]
-        inverted = [tok for tok, t in c["tokens"].items() if _sign(t["area_lerhf_morhf"]) < 0]
-        if all(x > 0 for x in signs):
-            v = "top HRV heads matter more than random heads (validated by weakening)"
-        elif any(x < 0 for x in signs):
-            v = "top HRV heads matter *less* than random heads (contradicted)"
-        elif any(x > 0 for x in lows):
-            v = "top heads no better than random, but bottom HRV heads are safer than random (partial)"
-        else:
-            v = "no difference from random heads at this n"
-        if inverted:
-            v += f"; bottom heads hurt more than top heads with `{'`, `'.join(inverted)}` (LeRHF − MoRHF < 0)"
+        v = weakening_verdict(c["tokens"])
         out.append(f"{concept} (n={c['items']}): {v}")
     for concept, c in e["concepts"].items():
         sig = c.get("spearman_p_perm", 1.0) < 0.05 and c["spearman"]["mean"] > 0

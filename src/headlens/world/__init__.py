@@ -7,6 +7,7 @@ from .render import render
 from .vocab import POLYSEMOUS, VOCABULARY, concept_words, parse_caption
 
 __all__ = [
+    "GENERATION",
     "MODEL_NAMES",
     "POLYSEMOUS",
     "VOCABULARY",
@@ -32,6 +33,10 @@ MODEL_NAMES: dict[str, str] = {"world": "default", "default": "default", "world-
 def variant_of(model: str | None) -> str | None:
     """The shipped variant a CLI model name means ('world' -> 'default', 'world-joint' -> 'joint'), else None."""
     return MODEL_NAMES.get(str(model)) if model is not None else None
+
+# The shipped model's own good generation setting with its shipped (PNDM) scheduler: the default of
+# every CLI command on `--model world` (measured in docs/world.md, "Steps and guidance").
+GENERATION = {"num_inference_steps": 50, "guidance_scale": 5.0}
 
 
 def default_prompts(n: int = 256, seed: int = 2024) -> list[str]:
