@@ -24,9 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=80)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--variant", default="default", help="shipped world model: default or joint")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pipe = world.load_pipeline()
+    pipe = world.load_pipeline(variant=args.variant)
     reader = world.Scorer()
     prompts = single_prompts(args.prompts, seed=args.seed)
     settings = [("PNDM", s, g) for s in (10, 20, 25, 30) for g in (5.0, 7.5)]

@@ -109,11 +109,13 @@ def model_name(pipe) -> str:
 def _world_alias(name: str) -> str:
     """'world' for the bundled world model's folder (not the package's absolute path); other names as they are."""
     try:
-        from .world import model_path
+        from .world import MODEL_NAMES, model_path
 
-        if Path(name).is_absolute() and Path(name).resolve() == model_path().resolve():
-            return "world"
-    except (ImportError, OSError):
+        if Path(name).is_absolute():
+            for cli_name, variant in MODEL_NAMES.items():
+                if cli_name != "default" and Path(name).resolve() == model_path(variant).resolve():
+                    return cli_name
+    except (ImportError, OSError, ValueError):
         pass
     return name
 

@@ -254,7 +254,8 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
     fig_w = cell * ncols + bar
     fig_h = head + len(views) * (band + cell * nrows)
     fig = Figure(figsize=(fig_w, fig_h), dpi=100)
-    vmax = max(float(m.max()) for _, m in panels if m is not None)
+    per_step = 1.0 / max(result.evaluations, 1)  # maps are sums over the UNet evaluations: show the mean
+    vmax = max(float(m.max()) for _, m in panels if m is not None) * per_step
     y0 = fig_h - head
     for view in views:
         heading = ("each map stretched between its own min and max (shapes; weak maps look as strong as strong ones)"
@@ -268,7 +269,7 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
                                (cell - 0.2) / fig_w, (cell - 0.5) / fig_h))
             ax.imshow(img, extent=(0, W, H, 0))
             if m is not None:
-                shown, lo, hi = (_normalise(m), 0, 1) if view == "each" else (m, 0, vmax)
+                shown, lo, hi = (_normalise(m), 0, 1) if view == "each" else (m * per_step, 0, vmax)
                 im = ax.imshow(shown, extent=(0, W, H, 0), cmap=cmap, alpha=alpha, vmin=lo, vmax=hi,
                                interpolation="bilinear")
             ax.set_title(title, fontsize=9)
@@ -278,8 +279,8 @@ def plot_head_maps(result: HeadMaps, *, hrv: HRV | None = None, concept: str | N
             cax = fig.add_axes(((fig_w - bar + 0.15) / fig_w, (y0 - nrows * cell + 0.3) / fig_h, 0.16 / fig_w,
                                 (nrows * cell - 0.6) / fig_h))
             cb = fig.colorbar(im, cax=cax)
-            cb.set_label("min … max of each map" if view == "each" else "attention probability on the word",
-                         fontsize=10)
+            cb.set_label("min … max of each map" if view == "each" else
+                         "attention probability on the word\n(mean over steps)", fontsize=10)
             cb.ax.tick_params(labelsize=9)
             if view == "each":
                 cb.set_ticks([0, 1])

@@ -11,7 +11,15 @@ from . import app
 from .common import echo, stdout
 
 
-@app.command("push")
+PUSH_EXAMPLES = """Examples:
+
+  headlens push world-hrv me/world-hrv --folder upload-preview
+
+  headlens push sd15-hrv me/sd15-hrv --private
+"""
+
+
+@app.command("push", epilog=PUSH_EXAMPLES)
 def push_command(
     hrv_dir: Annotated[Path, typer.Argument(help="HRV folder (from `headlens build`), paper:NAME or hf://OWNER/REPO.")],
     repo_id: Annotated[str, typer.Argument(help="Hub model repo to create or update, OWNER/NAME.")],

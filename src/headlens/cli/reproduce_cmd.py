@@ -13,7 +13,15 @@ from . import app
 from .common import USER_ERRORS, UserError, console, echo, load_model, reuse_models, stdout
 
 
-@app.command("reproduce")
+REPRODUCE_EXAMPLES = """Examples:
+
+  headlens reproduce -m CompVis/stable-diffusion-v1-4 --device cuda --dry-run
+
+  headlens reproduce -m tiny --limit 8 --max-prompts 2 --limit-cases 1 --steps 2 -o reproduce-smoke
+"""
+
+
+@app.command("reproduce", epilog=REPRODUCE_EXAMPLES)
 def reproduce_command(
     model: str = typer.Option(..., "--model", "-m", help="Hub id or local pipeline folder (the paper: CompVis/stable-diffusion-v1-4, stabilityai/stable-diffusion-xl-base-1.0); 'tiny' = a random tiny model for a smoke run."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: ./reproduce-MODEL). Rerun the same command to resume."),

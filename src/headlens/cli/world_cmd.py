@@ -66,15 +66,18 @@ def report_command(
     run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)
 
 
-@world_app.command("compare")
+COMPARE_EXAMPLES = """Examples:
+
+  headlens world compare world=docs/world-report world-joint=docs/world-report-joint
+"""
+
+
+@world_app.command("compare", epilog=COMPARE_EXAMPLES)
 def compare_command(
     reports: list[str] = typer.Argument(..., help="NAME=FOLDER pairs: each folder holds a report.json of `headlens world report`."),
     markdown: Path = typer.Option(Path("docs/world-regimes.md"), "--markdown", help="Markdown file to write."),
 ) -> None:
-    """Put the world reports of several models side by side (e.g. world=docs/world-report world-joint=docs/world-report-joint).
-
-    Example:  headlens world compare world=docs/world-report world-joint=docs/world-report-joint --markdown docs/world-regimes.md
-    """
+    """Put the world reports of several models side by side (e.g. world=docs/world-report world-joint=docs/world-report-joint)."""
     from headlens.validation.compare import load_reports, render_comparison
 
     folders = {}
