@@ -146,7 +146,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(monkeypatch, capsys, tmp_pat
     assert code == 0, err
     assert not out.exists()
     # 2 prompts; weakening 1 prompt × 1 seed × (k=0, top/bottom 1, all heads once) = 4; polysemy 2; edit 4; A&E 3
-    m = re.search(r"plan: (\d+) units, (\d+) generations of 2 steps, ≈ ([\d.e+-]+) device-hours on cpu", stdout)
+    m = re.search(r"dry run: (\d+) units, (\d+) generations of 2 steps, about .* on this machine: "
+                  r"≈ ([\d.e+-]+) device-hours on cpu", stdout)
     assert m and (int(m.group(1)), int(m.group(2))) == (5, 2 + 4 + 2 + 4 + 3), stdout
     assert float(m.group(3)) > 0
     for name in ("weaken Image Style", "polysemy", "edit Color", "excite animal-animal", "report.md"):
@@ -270,3 +271,15 @@ def test_bad_options_fail_in_one_line_before_loading(monkeypatch, capsys, tmp_pa
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_device_and_out_fail_before_loading(monkeypatch, capsys, tmp_path):
+    import headlens.cli.common as common
+
+    monkeypatch.setattr(common, "_load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(monkeypatch, capsys, "reproduce", "--model", "tiny", "--out", tmp_path / "file")
+    assert code == 2 and "--out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(monkeypatch, capsys, "reproduce", "--model", "tiny", "--device", "nonsense", "--out",
+                       tmp_path / "o")
+    assert code == 2 and "--device" in err and not (tmp_path / "o").exists()

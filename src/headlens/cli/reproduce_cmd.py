@@ -10,7 +10,23 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import USER_ERRORS, UserError, console, echo, load_model, reuse_models, stdout
+from .common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    USER_ERRORS,
+    UserError,
+    at_least,
+    check_device,
+    check_dtype,
+    check_size,
+    console,
+    echo,
+    human_time,
+    load_model,
+    output_folder,
+    reuse_models,
+    stdout,
+)
 
 
 REPRODUCE_EXAMPLES = """Examples:
@@ -46,8 +62,8 @@ def reproduce_command(
     excite_groups: str = typer.Option("animal-animal,animal-object,object-object,color-object", "--excite-groups", help="Comma list of A&E prompt groups."),
     size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
     calibration_steps: int = typer.Option(2, "--calibration-steps", help="--dry-run: denoising steps of each timed calibration run."),
-    device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Reproduce the paper: HRVs on its concepts, ordered weakening, polysemy, P2P-HRV, A&E-HRV, and one report.
 
@@ -71,10 +87,13 @@ def reproduce_command(
         edit_attributes=tuple(a.strip() for a in edit_attributes.split(",") if a.strip()),
         excite_groups=tuple(g.strip() for g in excite_groups.split(",") if g.strip()))
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--calibration-steps", calibration_steps)):
-        if value < 1:
-            raise UserError(f"{name} must be ≥ 1 (got {value})")
+        at_least(value, 1, name)
+    check_device(device)
+    check_dtype(dtype)
+    check_size(size)
     out = out or Path(f"reproduce-{rp.slug(model)}")
     rp.check_settings(settings)
+    output_folder(out, create=not dry_run)
     if not dry_run:
         rp.check_run_file(out, settings)  # another run's folder is refused before the model loads
     with reuse_models():
@@ -159,8 +178,9 @@ def _print_plan(rp, plan, settings, stages, shard, pipe, device: str, calibratio
         table.add_row("report", "report.md + report.html", "0", "—", "CLIP scoring only")
     table.add_row("total", "", str(total_g), f"{total_h:.3g}", "")
     console.print(table)
-    stdout(f"plan: {len(units)} units, {total_g} generations of {settings.steps} steps, "
-           f"≈ {total_h:.3g} {'GPU' if str(device).startswith('cuda') else 'device'}-hours on {device} "
+    stdout(f"dry run: {len(units)} units, {total_g} generations of {settings.steps} steps, about "
+           f"{human_time(total_h * 3600)} on this machine: ≈ {total_h:.3g} "
+           f"{'GPU' if str(device).startswith('cuda') else 'device'}-hours on {device} "
            f"(calibration: {rates['batch']:.3g} s per image-step at batch {settings.batch_size}, "
            f"{rates['single']:.3g} at batch 1, {rates['excite_step']:.3g} per A&E gradient step; A&E priced as an upper "
            "bound: every refinement iteration run)")
