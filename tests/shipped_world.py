@@ -1,11 +1,14 @@
-"""Facts of the bundled world model as shipped now (README: 7 cross-attention layers × 8 heads = 56 heads).
+"""Facts of the bundled world models as shipped now (README: the default has 10 cross-attention layers × 8
+heads = 80 heads; the joint model 7 × 8 = 56).
 
-One place to update when a new world model ships (issue 11 trains one with another head count).
+One place to update when a new world model ships.
 """
 
-WORLD_LAYERS = 7  # cross-attention (attn2) modules of the shipped UNet
+WORLD_LAYERS = 10  # cross-attention (attn2) modules of the shipped default UNet
 WORLD_HEADS_PER_LAYER = 8
-WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 56: `headlens build --model world` HRVs have this many heads
+WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 80: `headlens build --model world` HRVs have this many heads
+JOINT_LAYERS = 7  # `--model world-joint`
+JOINT_HEADS = JOINT_LAYERS * WORLD_HEADS_PER_LAYER  # 56
 
 # every file a shipped world pipeline folder (`--model world`, `--model world-joint`) must hold; the ground-truth
 # scorer ships separately (headlens.world.scorer.scorer_path()). A missing one is a test failure, never a skip.

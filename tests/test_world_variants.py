@@ -123,3 +123,18 @@ def test_world_clip_reads_renders() -> None:
         sims = scorer.matrix([img], texts)[0]
         right += texts[int(sims.argmax())] == caption
     assert right >= 5, right
+def test_load_clip_is_the_default_text_encoder() -> None:
+    """Contract: the default pipeline's text encoder has exactly the world CLIP's text-tower weights."""
+    from transformers import CLIPModel
+
+    clip = world.load_clip()
+    assert isinstance(clip, CLIPModel)
+    te = world.load_pipeline().text_encoder.state_dict()
+    tower = clip.text_model.state_dict()
+    assert te.keys() == tower.keys() and all(torch.equal(te[k], tower[k]) for k in te)
+    info = json.loads((world.model_path() / "training.json").read_text())
+    assert info["text_encoder"]["frozen"] is True and info["recipe"] == "scripts/train_world.sh"
+    joint_te = world.load_pipeline(variant="joint").text_encoder.state_dict()
+    assert any(not torch.equal(joint_te[k], te[k]) for k in te if k in joint_te and joint_te[k].shape == te[k].shape)
+
+
