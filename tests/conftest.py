@@ -35,3 +35,27 @@ def sd2_pipe():
     from headlens.testing import tiny_sd_pipeline
 
     return tiny_sd_pipeline(sd2=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_pixart():
+    """A tiny PixArt-α pipeline (T5 text with padding mask, 2 blocks × 4 heads, 256 px)."""
+    from headlens.testing import tiny_pixart_pipeline
+
+    return tiny_pixart_pipeline()
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3():
+    """A tiny SD3 pipeline (joint attention, CLIP + T5 text, 2 blocks × 4 heads, 16 px)."""
+    from headlens.testing import tiny_sd3_pipeline
+
+    return tiny_sd3_pipeline()
+
+
+@pytest.fixture(scope="module")
+def tiny_flux():
+    """A tiny FLUX pipeline (2 double + 2 single blocks × 4 heads, RoPE, no CFG batch, 16 px)."""
+    from headlens.testing import tiny_flux_pipeline
+
+    return tiny_flux_pipeline()

@@ -79,15 +79,16 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def token_maxima(maps: torch.Tensor, positions: Sequence[int], groups: Sequence[int], *, last: int | None = None,
-                 smooth: bool = True, sigma: float = 0.5, kernel_size: int = 3) -> torch.Tensor:
+                 smooth: bool = True, sigma: float = 0.5, kernel_size: int = 3, first: int = 1) -> torch.Tensor:
     """Maximum attention of each subject token ``[K]`` from weighted maps ``[G, tokens, R_h, R_w]``.
 
-    Tokens ``1:last`` (start token dropped) ×100 are softmaxed over tokens; token k reads group
+    Tokens ``first:last`` (the start token dropped: ``first=1``; T5 has none: ``first=0``; masked
+    padding left out by ``last``) ×100 are softmaxed over tokens; token k reads group
     ``groups[k]``'s map at ``positions[k]``, optionally Gaussian-smoothed, and takes its maximum.
     """
-    text = torch.softmax(maps[:, 1:last] * 100, dim=1)
+    text = torch.softmax(maps[:, first:last] * 100, dim=1)
     g = torch.as_tensor(list(groups), device=maps.device)
-    p = torch.as_tensor(list(positions), device=maps.device) - 1
+    p = torch.as_tensor(list(positions), device=maps.device) - first
     images = text[g, p]  # [K, R_h, R_w]
     if smooth:
         images = gaussian_blur(images.unsqueeze(1), kernel_size, sigma).squeeze(1)
@@ -182,9 +183,10 @@ def parse_tokens(tokens) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def resolve_subjects(tokenizer, prompt: str, tokens, hrv=None) -> tuple[list[Subject], TokenMap]:
+def resolve_subjects(tokenizer, prompt: str, tokens, hrv=None, token_map: TokenMap | None = None
+                     ) -> tuple[list[Subject], TokenMap]:
     """Subject tokens of a prompt (every token of each word's first occurrence), checked against the HRV."""
-    tm = TokenMap.from_tokenizer(tokenizer, prompt)
+    tm = token_map if token_map is not None else TokenMap.from_tokenizer(tokenizer, prompt)
     subjects = []
     for word, concept in parse_tokens(tokens):
         if hrv is not None:
@@ -290,6 +292,48 @@ class _Conditioning:
         return uncond + guidance_scale * (cond - uncond)
 
 
+class _PixArtConditioning:
+    """T5 prompt embeddings and their attention masks for PixArt's transformer (learned-sigma output split off)."""
+
+    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device):
+        from .families import family_of
+
+        self.pipe = pipe
+        self.cfg = cfg
+        pe, pm, ne, nm = pipe.encode_prompt(prompt, do_classifier_free_guidance=cfg, negative_prompt=negative_prompt or "",
+                                            device=device, num_images_per_prompt=1, clean_caption=False,
+                                            max_sequence_length=family_of(pipe).max_length(pipe))
+        self.cond, self.cond_mask, self.uncond, self.uncond_mask = pe, pm, ne, nm
+        self.dtype = pe.dtype
+        self.added = {"resolution": None, "aspect_ratio": None}
+        if pipe.transformer.config.sample_size == 128:  # PixArt-α 1024: size and aspect-ratio conditioning
+            self.added = {"resolution": torch.tensor([[height, width]], dtype=pe.dtype, device=device),
+                          "aspect_ratio": torch.tensor([[height / width]], dtype=pe.dtype, device=device)}
+
+    def _run(self, latents, t, emb, mask, added):
+        out = self.pipe.transformer(latents, encoder_hidden_states=emb, encoder_attention_mask=mask,
+                                    timestep=t.reshape(-1)[:1].expand(latents.shape[0]) if torch.is_tensor(t) else
+                                    torch.full((latents.shape[0],), float(t), device=latents.device),
+                                    added_cond_kwargs=added, return_dict=False)[0]
+        if self.pipe.transformer.config.out_channels // 2 == latents.shape[1]:
+            out = out.chunk(2, dim=1)[0]
+        return out
+
+    def conditional(self, latents: torch.Tensor, t) -> torch.Tensor:
+        """Noise prediction for the prompt alone (the pass whose maps A&E reads)."""
+        return self._run(latents, t, self.cond, self.cond_mask, self.added)
+
+    def guided(self, latents: torch.Tensor, t, guidance_scale: float) -> torch.Tensor:
+        """Classifier-free-guided noise prediction (batch [uncond, cond])."""
+        if not self.cfg:
+            return self.conditional(latents, t)
+        added = {k: (None if v is None else torch.cat([v, v])) for k, v in self.added.items()}
+        noise = self._run(torch.cat([latents] * 2), t, torch.cat([self.uncond, self.cond]),
+                          torch.cat([self.uncond_mask, self.cond_mask]), added)
+        uncond, cond = noise.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor, output_type: str = "pil"):
     """Latents → image through the VAE and the pipeline's image processor (first image)."""
@@ -326,21 +370,25 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
     ``trace``: a list that receives one dict per loss evaluation
     (``step``, ``phase`` = check / refine / refined / update, ``iteration``, ``loss``, ``maxima``).
     """
+    from .families import family_of
+
+    family = family_of(pipe)
+    family.require("Attend-and-Excite")
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else {int(k): float(v) for k, v in thresholds.items()}
-    tokenizer = getattr(pipe, "tokenizer", None) or pipe.tokenizer_2
-    subjects, tm = resolve_subjects(tokenizer, prompt, tokens, hrv)
-    heads = HeadIndex.from_unet(pipe.unet)
-    size = pipe.unet.config.sample_size
-    size = size if isinstance(size, (tuple, list)) else (size, size)
-    height = height or int(size[0]) * pipe.vae_scale_factor
-    width = width or int(size[1]) * pipe.vae_scale_factor
-    latent_hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    layout = family.text_layout(pipe)
+    tokenizer = layout.tokenizer
+    subjects, tm = resolve_subjects(tokenizer, prompt, tokens, hrv, token_map=layout.token_map(prompt))
+    heads = HeadIndex.from_model(pipe)
+    denoiser = family.denoiser(pipe)
+    height, width = family.generation_size(pipe, height, width)
+    latent_hw = family.latent_size(pipe, height, width)
     chosen, map_size = select_layers(heads, latent_hw, resolution, layers, hrv is not None)
     weights, groups = head_weights(subjects, heads, hrv)
     positions = [s.position for s in subjects]
-    last = tm.length - 1 if normalize_eot else None
+    first = 1 if tm.bos_id is not None and tm.ids and tm.ids[0] == tm.bos_id else 0
+    last = tm.length - 1 if normalize_eot else (tm.length if tm.masked_padding else None)
 
-    device = pipe.unet.device
+    device = denoiser.device
     cfg = guidance_scale > 1.0
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     recorder = TokenMaps(chosen, weights.to(device), map_size, latent_hw)
@@ -351,12 +399,13 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
             trace.append({"step": step, "phase": phase, "iteration": iteration, "loss": float(loss.detach()),
                           "maxima": maxima.detach().tolist()})
 
+    conditioning = _PixArtConditioning if family.name == "pixart" else _Conditioning
     with Session(pipe, [recorder], cfg=False) as session, torch.no_grad():
-        cond = _Conditioning(pipe, prompt, negative_prompt, cfg, height, width, device)
+        cond = conditioning(pipe, prompt, negative_prompt, cfg, height, width, device)
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         n = len(timesteps)
-        lat = pipe.prepare_latents(1, pipe.unet.config.in_channels, height, width, cond.dtype, device, generator,
+        lat = pipe.prepare_latents(1, denoiser.config.in_channels, height, width, cond.dtype, device, generator,
                                    latents)
         extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
         if n > 1:
@@ -372,7 +421,7 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
             finally:
                 recorder.recording = False
             return token_maxima(recorder.finish(), positions, groups, last=last, smooth=smooth, sigma=sigma,
-                                kernel_size=kernel_size)
+                                kernel_size=kernel_size, first=first)
 
         def descend(x, loss, step_size):
             grad = torch.autograd.grad(loss, [x])[0]

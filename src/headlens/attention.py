@@ -1,15 +1,17 @@
 """The processor framework every headlens feature plugs into.
 
-A :class:`Session` installs one :class:`HeadlensProcessor` per attention module through diffusers'
-public ``set_attn_processor`` API (text cross-attention ``attn2`` always, self-attention ``attn1``
-on request), tracks the denoising step with a forward pre-hook on the UNet, and restores exactly
-the processors that were there before — also when generation raises.
+A :class:`Session` installs one headlens processor per text-attention module through diffusers'
+public ``set_attn_processor`` API (text cross-attention ``attn2`` of a UNet or PixArt, the joint
+attention of SD3/FLUX blocks — see :mod:`headlens.families`; self-attention ``attn1`` on request),
+tracks the denoising step with a forward pre-hook on the denoiser, and restores exactly the
+processors that were there before — also when generation raises. For joint-attention models the
+same pre-hook appends the concept-word probe tokens a plugin asks for (``plugin.probes``).
 
 Features are *plugins* with up to two callbacks:
 
 * ``on_query(call, attn, query)`` — sees the image queries ``[batch, heads, pixels, head_dim]``;
 * ``on_probs(call, probs)`` — sees (and may return an edited copy of) the post-softmax
-  probabilities ``[batch, heads, pixels, tokens]``.
+  probabilities ``[batch, heads, pixels, tokens]`` (joint attention: the image→text block).
 
 When no plugin is active in a call the original processor runs untouched, so generation is
 bit-identical to the plain pipeline. When plugins only read queries, the output is computed with
@@ -48,6 +50,8 @@ class AttentionCall:
     timestep: float | None
     cfg: bool  # batch is [unconditional…, conditional…]
     batch: int
+    scale: float | None = None  # softmax scale of the layer (set by the processor)
+    concept_keys: torch.Tensor | None = None  # joint attention: probe keys [batch, heads, probes, d] at this layer
 
     @property
     def is_cross(self) -> bool:
@@ -113,7 +117,8 @@ class HeadlensProcessor:
                  *args, **kwargs):
         session = self.session
         call = session.call_info(self.layer, hidden_states.shape[0])
-        plugins = [p for p in session.plugins if _runs_here(p, call) and p.active(call)]
+        call.scale = attn.scale
+        plugins = [] if session.negative_pass else [p for p in session.plugins if _runs_here(p, call) and p.active(call)]
         if not plugins:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         want_probs = any(p.needs_probs for p in plugins)
@@ -225,7 +230,7 @@ def attention_probs(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Te
 
 @dataclass
 class Session:
-    """Installs headlens processors on a pipeline (or bare UNet) and tracks denoising steps.
+    """Installs headlens processors on a pipeline (or bare denoiser) and tracks denoising steps.
 
     Use as a context manager; plugins may be added before or inside the ``with`` block.
     ``cfg`` overrides classifier-free-guidance detection (default: read from the pipeline).
@@ -237,8 +242,17 @@ class Session:
     self_attention: bool = False  # also install on attn1 (needed by self-attention plugins)
 
     def __post_init__(self):
-        self.unet = self.pipe.unet if hasattr(self.pipe, "unet") else self.pipe
-        self.heads = HeadIndex.from_unet(self.unet)
+        from .families import family_of
+
+        self.family = family_of(self.pipe)
+        self.denoiser = self.family.denoiser(self.pipe)
+        self.unet = self.denoiser  # the name older code uses
+        self.heads = HeadIndex(self.family.layers(self.denoiser))
+        self.text_len = 0  # text tokens of the prompt in the current denoiser call (joint attention)
+        self.probe_set = None  # probe tokens riding along in the current call (joint attention)
+        self.negative_pass = False  # FLUX true CFG: the negative prompt's call (plugins skip it)
+        self.family_state: dict = {}
+        self._extra_hooks: list = []
         self.step = -1
         self.num_steps = 0
         self.timestep: float | None = None
@@ -261,28 +275,38 @@ class Session:
         """Install processors and the step hook (idempotent errors: installing twice is refused)."""
         if self._saved is not None:
             raise RuntimeError("this headlens session is already installed")
-        original = dict(self.unet.attn_processors)
+        self.family.check(self.denoiser)
+        original = dict(self.denoiser.attn_processors)
         new = dict(original)
         for layer in self.heads.layers:
             key = layer.name + ".processor"
-            new[key] = HeadlensProcessor(self, layer, original[key])
+            new[key] = self.family.processor(self, layer, original[key])
         if self.self_attention:
-            for layer in self_attention_layers(self.unet):
+            for layer in self.family.self_layers(self.denoiser, self.heads):
                 key = layer.name + ".processor"
                 new[key] = HeadlensProcessor(self, layer, original[key])
         self._saved = original
-        self.unet.set_attn_processor(dict(new))  # diffusers pops from the dict it is given: pass a copy
-        self._hook = self.unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self.denoiser.set_attn_processor(dict(new))  # diffusers pops from the dict it is given: pass a copy
+        try:
+            self._hook = self.denoiser.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            self._extra_hooks = list(self.family.install(self))
+        except BaseException:
+            self.restore()
+            raise
         self.reset_steps()
 
     def restore(self) -> None:
         """Put back exactly the processors that were installed before."""
+        for h in self._extra_hooks:
+            h.remove()
+        self._extra_hooks = []
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
         if self._saved is not None:
-            self.unet.set_attn_processor(dict(self._saved))
+            self.denoiser.set_attn_processor(dict(self._saved))
             self._saved = None
+        self.probe_set = None
 
     # ------------------------------------------------------------------ steps
     def reset_steps(self) -> None:
@@ -300,11 +324,16 @@ class Session:
         if self.manual_steps:
             for p in self.plugins:
                 p.on_step(self)
-            return None
+            return self._joint_inputs(args, kwargs)
         scheduler = getattr(self.pipe, "scheduler", None)
         timesteps = getattr(scheduler, "timesteps", None)
-        t = self._timestep_value(kwargs.get("timestep", args[1] if len(args) > 1 else None), timesteps)
+        raw_t = kwargs.get("timestep", args[1] if len(args) > 1 and not self.family.joint else None)
+        t = self._timestep_value(raw_t, timesteps)
         self.num_steps = len(timesteps) if timesteps is not None else 0
+        self.negative_pass = bool(getattr(self.family, "repeated_timestep_is_negative", False)
+                                  and t is not None and self._last_t is not None and t == self._last_t)
+        if self.negative_pass:  # FLUX true CFG: the negative prompt's call at the same step
+            return self._joint_inputs(args, kwargs)
         new_run = self._last_t is None or (t is not None and t > self._last_t) or (
             self.num_steps and self.step + 1 >= self.num_steps)
         self.step = 0 if new_run else self.step + 1
@@ -312,7 +341,17 @@ class Session:
         self.batch_cfg = self._detect_cfg()
         for p in self.plugins:
             p.on_step(self)
-        return None
+        return self._joint_inputs(args, kwargs)
+
+    def _joint_inputs(self, args, kwargs):
+        """Joint attention: note the prompt length and append the probe tokens a plugin asks for."""
+        if not self.family.joint:
+            return None
+        probe = None
+        if not self.negative_pass:
+            probe = next((p.probes for p in self.plugins if getattr(p, "probes", None) is not None), None)
+        self.probe_set = probe
+        return self.family.add_probes(self, args, kwargs, probe)
 
     def _timestep_value(self, t, timesteps) -> float | None:
         """The UNet call's timestep as a float, without a device sync when possible.
@@ -340,10 +379,7 @@ class Session:
     def _detect_cfg(self) -> bool:
         if self.cfg is not None:
             return self.cfg
-        try:
-            return bool(self.pipe.do_classifier_free_guidance)
-        except (AttributeError, TypeError):
-            return False
+        return self.family.detect_cfg(self)
 
     def call_info(self, layer, batch: int) -> AttentionCall:
         """The :class:`AttentionCall` for an attention call happening now."""
@@ -355,21 +391,22 @@ class Session:
         return plugin
 
 
-def self_attention_layers(unet) -> list[SelfLayer]:
-    """Self-attention modules (``attn1``) of the transformer blocks, in canonical order."""
-    heads = HeadIndex.from_unet(unet)
-    out = []
-    for layer in heads.layers:
-        name = layer.name[: -len("attn2")] + "attn1"
-        module = unet.get_submodule(name)
-        out.append(SelfLayer(len(out), name, int(module.heads), layer.downsample))
-    return out
+def self_attention_layers(model) -> list[SelfLayer]:
+    """Self-attention modules (``attn1``) paired with the text layers, in canonical order."""
+    from .families import family_of
+
+    family = family_of(model)
+    denoiser = family.denoiser(model)
+    return family.self_layers(denoiser, HeadIndex.from_model(denoiser))
 
 
-def cross_attention_modules(unet, heads: HeadIndex | None = None) -> Sequence[tuple[Layer, torch.nn.Module]]:
-    """(layer, module) pairs of every text cross-attention module."""
-    heads = heads or HeadIndex.from_unet(unet)
-    return [(layer, unet.get_submodule(layer.name)) for layer in heads.layers]
+def cross_attention_modules(model, heads: HeadIndex | None = None) -> Sequence[tuple[Layer, torch.nn.Module]]:
+    """(layer, module) pairs of every text-attention module."""
+    from .families import denoiser_of
+
+    denoiser = denoiser_of(model)
+    heads = heads or HeadIndex.from_model(denoiser)
+    return [(layer, denoiser.get_submodule(layer.name)) for layer in heads.layers]
 
 
 def installed(pipe, plugins: Iterable[Plugin] = (), **kwargs) -> Session:

@@ -30,7 +30,7 @@ import torch
 
 from . import __version__
 from .attention import Session
-from .capture import VARIANTS, VoteCapture, derived_seed, encode_concept_words
+from .capture import CONCEPT_KEYS, VARIANTS, VoteCapture, derived_seed, encode_concept_words
 from .concepts import ConceptSet, load_prompts, prompts_fingerprint
 from .heads import HeadIndex
 from .hrv import HRV, _atomic_write
@@ -69,9 +69,12 @@ class BuildSettings:
     width: int | None = None
     scheduler: str | None = None
     negative_prompt: str | None = None
+    concept_keys: str = "probes"  # joint attention (SD3, FLUX): "probes" or "text-only"
 
     def validate(self) -> None:
         """One-line errors for impossible settings."""
+        if self.concept_keys not in CONCEPT_KEYS:
+            raise ValueError(f"unknown concept_keys {self.concept_keys!r}: use one of {', '.join(CONCEPT_KEYS)}")
         if self.num_inference_steps < 1:
             raise ValueError(f"steps must be ≥ 1 (got {self.num_inference_steps})")
         if self.batch_size < 1:
@@ -98,7 +101,7 @@ class BuildProgress:
 
 def model_name(pipe) -> str:
     """Best available name of a pipeline's model (hub id or folder)."""
-    for obj in (pipe, getattr(pipe, "unet", None)):
+    for obj in (pipe, getattr(pipe, "unet", None), getattr(pipe, "transformer", None)):
         cfg = getattr(obj, "config", None)
         name = cfg.get("_name_or_path") if hasattr(cfg, "get") else getattr(cfg, "_name_or_path", None)
         if name:
@@ -131,7 +134,7 @@ def weights_fingerprint(pipe) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for part in ("unet", "text_encoder", "text_encoder_2"):
+    for part in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, part, None)
         if module is None or not hasattr(module, "named_parameters"):
             continue
@@ -157,8 +160,12 @@ class HRVBuilder:
         self.prompts = load_prompts(prompts)
         self.settings = settings or BuildSettings()
         self.settings.validate()
-        self.heads = HeadIndex.from_unet(pipe.unet)
-        self.device = pipe.unet.device
+        from .families import family_of
+
+        self.family = family_of(pipe)
+        self.denoiser = self.family.denoiser(pipe)
+        self.heads = HeadIndex.from_model(self.denoiser)
+        self.device = self.denoiser.device
         self.votes = torch.zeros((0, len(self.heads), len(self.concepts)), dtype=torch.int64)
         self.batches_done: set[int] = set()
         self.per_prompt = per_prompt
@@ -182,10 +189,13 @@ class HRVBuilder:
         """What a checkpoint must match to be resumed."""
         if getattr(self, "_weights", None) is None:
             self._weights = weights_fingerprint(self.pipe)
+        settings = asdict(self.settings)
+        if not self.family.joint:
+            settings.pop("concept_keys")  # cross-attention models have one kind of concept key
         return {
             "model": _portable_name(model_name(self.pipe)), "weights": self._weights, "heads": self.heads.fingerprint,
             "concepts": self.concepts.fingerprint, "prompts": prompts_fingerprint(self.prompts),
-            "num_prompts": len(self.prompts), "settings": asdict(self.settings),
+            "num_prompts": len(self.prompts), "settings": settings,
         }
 
     def metadata(self) -> dict:
@@ -202,7 +212,8 @@ class HRVBuilder:
             "height": s.height, "width": s.width, "negative_prompt": s.negative_prompt,
             "vae_scale_factor": int(getattr(self.pipe, "vae_scale_factor", 8)),
             "latent_size": _latent_size(self.pipe, s),
-            "dtype": str(self.pipe.unet.dtype).replace("torch.", ""), "headlens_version": __version__,
+            "dtype": str(self.denoiser.dtype).replace("torch.", ""), "headlens_version": __version__,
+            "family": self.family.name, **({"concept_keys": s.concept_keys} if self.family.joint else {}),
             "num_batches": self.num_batches, "batches_done": batch_ranges(self.batches_done),
             "build_fingerprint": self.fingerprint(), "per_prompt": self.prompt_votes is not None,
         }
@@ -246,7 +257,8 @@ class HRVBuilder:
         if self._tokens is None:
             self._tokens = encode_concept_words(self.pipe, self.concepts, self.device)
         capture = VoteCapture(self._tokens, self.heads, len(self.concepts), variant=s.variant,
-                              start_token=s.start_token, device=self.device, per_image=self.per_prompt)
+                              start_token=s.start_token, device=self.device, per_image=self.per_prompt,
+                              concept_keys=s.concept_keys)
         original_scheduler = self.pipe.scheduler
         try:
             if s.scheduler is not None:
@@ -268,7 +280,7 @@ class HRVBuilder:
                 self.batches_done.add(b)
                 return len(idx)
 
-            with Session(self.pipe, [capture], cfg=s.guidance_scale > 1.0):
+            with Session(self.pipe, [capture], cfg=self.family.uses_cfg(s.guidance_scale)):
                 yield generate
         finally:
             self.pipe.scheduler = original_scheduler
@@ -500,10 +512,12 @@ def output_bytes(num_evals: int, num_heads: int, num_concepts: int, num_prompts:
 
 
 def _latent_size(pipe, s: BuildSettings) -> list[int]:
-    """(height, width) of the latent the UNet saw."""
-    factor = int(getattr(pipe, "vae_scale_factor", 8))
-    default = int(pipe.unet.config.sample_size) * factor
-    return [(s.height or default) // factor, (s.width or default) // factor]
+    """(height, width) of the latent grid the denoiser's layers saw."""
+    from .families import family_of
+
+    family = family_of(pipe)
+    h, w = family.generation_size(pipe, s.height, s.width)
+    return list(family.latent_size(pipe, h, w))
 
 
 def _progress_bar(total: int):
@@ -563,13 +577,15 @@ def build(
     checkpoint_every: int = 0, resume: bool = False, progress: bool = False,
     callback: Callable[[HRVBuilder, BuildProgress], None] | None = None,
     shard: str | tuple[int, int] | None = None, per_prompt: bool = False, until_stable: int = 0,
-    stable_top: int = 10, distributed=None, min_free_mb: float = 16,
+    stable_top: int = 10, distributed=None, min_free_mb: float = 16, concept_keys: str = "probes",
 ) -> HRV:
     """Build Head Relevance Vectors for ``concepts`` by generating ``prompts`` with ``pipe``.
 
     concepts: ConceptSet, dict, concept file or ``"default"``; prompts: list, prompt file or
     ``"default"``. ``variant="reference"`` draws one word per concept per layer call (the paper);
-    ``"all-words"`` scores every word deterministically. With ``out``, the HRV is saved there and
+    ``"all-words"`` scores every word deterministically. ``concept_keys`` (SD3, FLUX): ``"probes"``
+    (concept-words ride along as probe tokens that see the image) or ``"text-only"`` (each word
+    sees only itself). With ``out``, the HRV is saved there and
     counts are checkpointed every ``checkpoint_every`` prompts; ``resume=True`` continues a killed run.
 
     Scale (docs/scale.md): ``shard="i/N"`` does only batches b with b % N == i (merge parts with
@@ -584,12 +600,14 @@ def build(
     if isinstance(distributed, dist_mod.Comm):
         comm = distributed
     else:
-        comm = dist_mod.setup(device if device is not None else pipe.unet.device, enabled=distributed)
+        from .families import denoiser_of
+
+        comm = dist_mod.setup(device if device is not None else denoiser_of(pipe).device, enabled=distributed)
     try:
         if device is not None or dtype is not None:
             pipe = pipe.to(device=comm.device_for(device), dtype=dtype)
         settings = BuildSettings(num_inference_steps, guidance_scale, batch_size, seed, variant, start_token,
-                                 height, width, scheduler, negative_prompt)
+                                 height, width, scheduler, negative_prompt, concept_keys)
         builder = HRVBuilder(pipe, concepts, prompts, settings, per_prompt=per_prompt)
         run_batches = dist_mod.shard_batches(builder.num_batches, shard)
         if until_stable < 0 or stable_top < 1:

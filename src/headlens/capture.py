@@ -4,6 +4,12 @@ Vectorised over heads and over the images of a batch; queries of the conditional
 integer counts accumulate in a ``[timesteps, heads, concepts]`` tensor on the model's device.
 No attention maps are stored and nothing is copied to the host during generation.
 
+Where a concept-word's keys come from depends on the model family (:mod:`headlens.families`):
+a cross-attention model (UNet, PixArt) projects the word's text embedding with the layer's
+``to_k``; a joint-attention model (SD3, FLUX) sends the words along as probe tokens and the
+processor hands this layer's probe keys to the capture (``concept_keys="probes"``, or
+``"text-only"``: each word attends to itself only, not to the image).
+
 Inside a batch each call only records its winners (one copy into a ``[timesteps, heads, images]``
 buffer); they are turned into counts once per batch (:meth:`VoteCapture.finish_batch`, also run
 when ``votes`` is read). That keeps the per-call work to the scores themselves and gives the
@@ -20,10 +26,10 @@ import torch
 from .attention import AttentionCall, Plugin
 from .concepts import ConceptSet
 from .heads import HeadIndex, Layer
-from .tokens import TokenMap
 from .votes import concept_scores, votes_from_scores
 
 VARIANTS = ("reference", "all-words")
+CONCEPT_KEYS = ("probes", "text-only")
 
 
 def derived_seed(seed: int, index: int, purpose: str) -> int:
@@ -43,35 +49,52 @@ class ConceptTokens:
     concept_first_word: torch.Tensor  # [C]
     concept_num_words: torch.Tensor  # [C]
     slot_width: torch.Tensor  # [C]: longest word of each concept, in tokens
+    has_start: bool = True  # the last row is a real start token (CLIP BOS); T5-only models have none
+    prompt_table: torch.Tensor | None = None  # joint attention: the rows in prompt-embedding space (probe inputs)
 
     @property
     def start_index(self) -> int:
         """Row of the start token in ``table``."""
         return self.table.shape[0] - 1
 
+    def groups(self) -> torch.Tensor:
+        """Per table row: its word (the start token is a group of its own)."""
+        g = torch.full((self.table.shape[0],), int(self.word_tokens.shape[0]), dtype=torch.long)
+        for w in range(self.word_tokens.shape[0]):
+            g[self.word_tokens[w, : int(self.word_length[w])]] = w
+        return g
+
 
 def encode_concept_words(pipe, concepts: ConceptSet, device=None) -> ConceptTokens:
-    """Encode each concept-word on its own (spec §2) and keep only its own token embeddings."""
-    tokenizer = pipe.tokenizer
-    device = device or pipe.unet.device
+    """Encode each concept-word on its own (spec §2) and keep only its own token embeddings.
+
+    The positions kept are the word's own tokens in the denoiser's text keys (SD3: its CLIP and its
+    T5 tokens; PixArt and FLUX: its T5 tokens). The start-token row is the CLIP start token where the
+    keys have one; for T5-only models it is a zero row that never takes part (``has_start`` False).
+    """
+    from .families import family_of
+
+    family = family_of(pipe)
+    layout = family.text_layout(pipe)
+    device = device or family.denoiser(pipe).device
     rows, word_tokens, lengths, owners, firsts, counts = [], [], [], [], [], []
     start = None
     for c, words in enumerate(concepts.words):
         firsts.append(len(lengths))
         counts.append(len(words))
         for word in words:
-            emb = encode_text(pipe, word, device)[0]  # [L, D]
-            tm = TokenMap.from_tokenizer(tokenizer, word)
-            pos = tm.word_positions
+            emb = family.encode_text(pipe, word, device)  # [L, D]
+            pos = layout.token_map(word).word_positions
             if not pos:
                 raise ValueError(f"concept-word {word!r} of {concepts.names[c]!r} has no tokens")
             if start is None:
-                start = emb[0]
+                start = emb[layout.start_position] if layout.start_position is not None else torch.zeros_like(emb[0])
             word_tokens.append([sum(len(r) for r in rows) + i for i in range(len(pos))])
             rows.append(emb[pos])
             lengths.append(len(pos))
             owners.append(c)
-    table = torch.cat(rows + [start[None]], dim=0)
+    prompt_table = torch.cat(rows + [start[None]], dim=0)
+    table = prompt_table if family.joint else family.key_inputs(pipe, prompt_table)
     s_max = max(lengths)
     padded = torch.full((len(word_tokens), s_max), -1, dtype=torch.long)
     for w, toks in enumerate(word_tokens):
@@ -79,13 +102,17 @@ def encode_concept_words(pipe, concepts: ConceptSet, device=None) -> ConceptToke
     length = torch.tensor(lengths)
     owner = torch.tensor(owners)
     slot = torch.stack([length[owner == c].max() for c in range(len(concepts))])
-    return ConceptTokens(table, padded, length, owner, torch.tensor(firsts), torch.tensor(counts), slot)
+    return ConceptTokens(table, padded, length, owner, torch.tensor(firsts), torch.tensor(counts), slot,
+                         has_start=layout.start_position is not None,
+                         prompt_table=prompt_table if family.joint else None)
 
 
 @torch.no_grad()
 def encode_text(pipe, text: str | list[str], device=None) -> torch.Tensor:
     """Prompt embeddings exactly as the pipeline's ``encode_prompt`` makes them (SDXL: both encoders)."""
-    device = device or pipe.unet.device
+    from .families import denoiser_of
+
+    device = device or denoiser_of(pipe).device
     out = pipe.encode_prompt(prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
     return out[0]
 
@@ -96,14 +123,22 @@ class VoteCapture(Plugin):
     needs_query = True
 
     def __init__(self, tokens: ConceptTokens, heads: HeadIndex, num_concepts: int, *, variant: str = "reference",
-                 start_token: bool = True, device=None, per_image: bool = False):
+                 start_token: bool = True, device=None, per_image: bool = False, concept_keys: str = "probes"):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
+        if concept_keys not in CONCEPT_KEYS:
+            raise ValueError(f"unknown concept_keys {concept_keys!r}: use one of {', '.join(CONCEPT_KEYS)}")
         self.tokens = tokens
         self.heads = heads
         self.num_concepts = num_concepts
         self.variant = variant
-        self.start_token = start_token
+        self.start_token = start_token and (tokens is None or tokens.has_start)
+        self.probes = None  # joint attention: the probe tokens the session sends along
+        if tokens is not None and tokens.prompt_table is not None:
+            from .families.joint import ProbeSet
+
+            self.probes = ProbeSet(tokens.prompt_table, tokens.groups(),
+                                   "image" if concept_keys == "probes" else "text-only")
         self.device = device
         self.per_image = per_image  # also count votes per image of the batch (``image_votes``)
         self.image_votes: torch.Tensor | None = None  # [B, H, C] int64: this batch's images, summed over steps
@@ -220,19 +255,29 @@ class VoteCapture(Plugin):
 
     def on_query(self, call: AttentionCall, attn, query: torch.Tensor) -> None:
         layer = call.layer
+        scale = call.scale if call.scale is not None else attn.scale
         with torch.no_grad():
             q = query[call.cond]  # [B, h, P, d]
-            keys = self._layer_keys(attn, layer)
+            if self.probes is not None:
+                if call.concept_keys is None:
+                    raise RuntimeError("the probe tokens did not reach this layer; run generation inside the Session")
+                keys = call.concept_keys[call.cond]  # [B, h, N, d]: this call's probe keys, per image
+            else:
+                keys = self._layer_keys(attn, layer)  # [h, N, d]: the same for every image
             if self.variant == "reference":
                 plan = self._plan
                 if plan is None:
                     raise RuntimeError("VoteCapture.begin_batch() was not called before generation")
                 step = min(call.step, plan["index"].shape[0] - 1)
                 index = plan["index"][step, layer.index]  # [B, M]
-                k = keys[:, index].permute(1, 0, 2, 3)  # [B, h, M, d]
+                if keys.ndim == 4:
+                    rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+                    k = keys.permute(0, 2, 1, 3)[rows, index].permute(0, 2, 1, 3)  # [B, h, M, d]
+                else:
+                    k = keys[:, index].permute(1, 0, 2, 3)  # [B, h, M, d]
                 # votes.concept_scores, op for op (bmm is what its einsum runs), with the per-step weights
                 # computed once for all layers and a masked_fill only where a slot is padding
-                logits = torch.matmul(q, k.transpose(-1, -2)).float() * attn.scale  # [B, h, P, M]
+                logits = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, h, P, M]
                 if self._padded[step][layer.index]:
                     logits = logits.masked_fill(~plan["mask"][step, layer.index][:, None, None, :], float("-inf"))
                 probs = logits.softmax(dim=-1).mean(dim=2)  # [B, h, M]
@@ -240,9 +285,11 @@ class VoteCapture(Plugin):
             else:
                 if self._all_weights is None:
                     self._all_weights = self._all_words_weights().to(q.device)
-                k = keys if self.start_token else keys[:, :-1]
+                k = keys if self.start_token else keys[..., :-1, :]
                 w = self._all_weights if self.start_token else self._all_weights[:-1]
-                scores = concept_scores(q, k.unsqueeze(0).expand(q.shape[0], -1, -1, -1), w, attn.scale)
+                if k.ndim == 3:
+                    k = k.unsqueeze(0).expand(q.shape[0], -1, -1, -1)
+                scores = concept_scores(q, k, w, scale)
             self._record(call.step, layer, scores)
 
     def _step_weights(self, step: int) -> torch.Tensor:

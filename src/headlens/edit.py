@@ -333,17 +333,16 @@ class PromptToPrompt(Plugin):
 
 # ---------------------------------------------------------------------------------------------- planning
 def _tokenizer(pipe):
-    tok = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if tok is None:
-        raise ValueError("this pipeline has no tokenizer; Prompt-to-Prompt needs a text-to-image pipeline")
-    return tok
+    from .families import family_of
+
+    return family_of(pipe).text_layout(pipe).tokenizer
 
 
 def default_size(pipe) -> tuple[int, int]:
-    """The pipeline's default (height, width) in pixels."""
-    size = pipe.unet.config.sample_size
-    size = size if isinstance(size, (tuple, list)) else (size, size)
-    return int(size[0]) * pipe.vae_scale_factor, int(size[1]) * pipe.vae_scale_factor
+    """The pipeline's default (height, width) in pixels (PixArt: its size bin)."""
+    from .families import family_of
+
+    return family_of(pipe).generation_size(pipe, None, None)
 
 
 def closest_resolution(heads: HeadIndex, latent_hw: tuple[int, int], wanted: int) -> int:
@@ -374,8 +373,13 @@ def plan_edit(pipe, source: str, target: str, *, cross_replace: Window | Mapping
         raise ValueError("P2P-HRV needs both hrv= and concept= (give both, or neither for plain P2P)")
     if edit == "reweight" and not reweight:
         raise ValueError("edit='reweight' needs reweight={word: factor, ...}")
-    tok = _tokenizer(pipe)
-    src, tgt = TokenMap.from_tokenizer(tok, source), TokenMap.from_tokenizer(tok, target)
+    from .families import family_of
+
+    family = family_of(pipe)
+    family.require("Prompt-to-Prompt")
+    layout = family.text_layout(pipe)
+    tok = layout.tokenizer
+    src, tgt = layout.token_map(source), layout.token_map(target)
     same_length = len(src.word_positions) == len(tgt.word_positions)
     if edit == "replace" and not same_length:
         raise ValueError(
@@ -386,9 +390,9 @@ def plan_edit(pipe, source: str, target: str, *, cross_replace: Window | Mapping
     if edit == "refine" or (edit == "reweight" and not same_length):
         mapper, alphas = refine_mapper(src, tgt)
 
-    heads = HeadIndex.from_unet(pipe.unet)
-    h, w = height or default_size(pipe)[0], width or default_size(pipe)[1]
-    latent_hw = (h // pipe.vae_scale_factor, w // pipe.vae_scale_factor)
+    heads = HeadIndex.from_model(pipe)
+    h, w = family.generation_size(pipe, height, width)
+    latent_hw = family.latent_size(pipe, h, w)
 
     restore: list[int] = []
     weights = None
@@ -418,11 +422,19 @@ def plan_edit(pipe, source: str, target: str, *, cross_replace: Window | Mapping
     alpha = cross_alpha(cross_replace, num_inference_steps, len(tgt.ids), positions)
     steps = self_window(self_replace, num_inference_steps)
     if self_replace_max_pixels is None:
-        quarter = (latent_hw[0] // 4) * (latent_hw[1] // 4)
-        self_replace_max_pixels = max(REFERENCE_SELF_PIXELS, quarter)
+        if family.name == "unet":
+            quarter = (latent_hw[0] // 4) * (latent_hw[1] // 4)
+            self_replace_max_pixels = max(REFERENCE_SELF_PIXELS, quarter)
+        else:  # a DiT works at one resolution: every block's self-attention is replaced
+            self_replace_max_pixels = latent_hw[0] * latent_hw[1]
 
     blend = None
     if local_blend is not None:
+        import inspect
+
+        if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
+            raise ValueError(f"local_blend needs a pipeline with callback_on_step_end; {type(pipe).__name__} has "
+                             "none, so edit without local_blend")
         blend = _plan_blend(local_blend, src, tgt, tok, heads, latent_hw, blend_threshold, blend_resolution)
     return EditPlan(num_inference_steps, alpha, steps, int(self_replace_max_pixels), latent_hw, mapper, alphas,
                     restore, weights, equalizer, blend)
@@ -459,9 +471,12 @@ def initial_latent(pipe, seed: int, height: int, width: int, generator: torch.Ge
     """One initial latent ``[1, C, h, w]`` drawn exactly as the pipeline draws it for this seed."""
     from diffusers.utils.torch_utils import randn_tensor
 
+    from .families import denoiser_of
+
     g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(int(seed))
-    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    return randn_tensor(shape, generator=g, device=pipe.unet.device, dtype=pipe.unet.dtype)
+    denoiser = denoiser_of(pipe)
+    shape = (1, denoiser.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    return randn_tensor(shape, generator=g, device=denoiser.device, dtype=denoiser.dtype)
 
 
 def p2p(pipe, source: str, target: str, *, cross_replace: Window | Mapping[str, Window] = 0.8,
@@ -481,10 +496,12 @@ def p2p(pipe, source: str, target: str, *, cross_replace: Window | Mapping[str, 
     lists, source and target) whose region may change. ``restore_word``: the edited word keeps its
     own map (P2P-HRV with an all-ones HRV). Extra ``plugins`` run after the edit (e.g. recorders).
     """
+    from .families import family_of
+
+    family_of(pipe).require("Prompt-to-Prompt")
     if self_replace is None:
         self_replace = (P2P_HRV_DEFAULTS if hrv is not None else P2P_DEFAULTS)["self_replace"]
-    dh, dw = default_size(pipe)
-    height, width = height or dh, width or dw
+    height, width = family_of(pipe).generation_size(pipe, height, width)
     plan = plan_edit(pipe, source, target, cross_replace=cross_replace, self_replace=self_replace,
                      num_inference_steps=num_inference_steps, edit=edit, word=word, hrv=hrv, concept=concept,
                      restore_word=restore_word, reweight=reweight, local_blend=local_blend,
@@ -494,13 +511,14 @@ def p2p(pipe, source: str, target: str, *, cross_replace: Window | Mapping[str, 
         latents = initial_latent(pipe, seed, height, width)
     if latents.shape[0] == 1:
         latents = latents.repeat(2, 1, 1, 1)
-    plugin = PromptToPrompt(plan, HeadIndex.from_unet(pipe.unet))
+    plugin = PromptToPrompt(plan, HeadIndex.from_model(pipe))
     kwargs = {}
     if plan.blend is not None:
         kwargs = {"callback_on_step_end": plan.blend, "callback_on_step_end_tensor_inputs": ["latents"]}
-    neg = [negative_prompt, negative_prompt] if negative_prompt is not None else None
-    with Session(pipe, [plugin, *plugins], self_attention=True):
-        out = pipe(prompt=[source, target], negative_prompt=neg, latents=latents, height=height, width=width,
+    if negative_prompt is not None:
+        kwargs["negative_prompt"] = [negative_prompt, negative_prompt]
+    with Session(pipe, [plugin, *plugins], self_attention=True, cfg=guidance_scale > 1.0):
+        out = pipe(prompt=[source, target], latents=latents, height=height, width=width,
                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                    output_type=output_type, **kwargs)
     images = out.images

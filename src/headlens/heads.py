@@ -1,7 +1,9 @@
-"""HeadIndex: every text-conditioned cross-attention head of a UNet, in one fixed order.
+"""HeadIndex: every text-conditioned attention head of a denoiser, in one fixed order.
 
-Order (the spec's): down blocks, then the mid block, then up blocks; inside each place the
-cross-attention modules (``attn2``) in module order; inside a module heads 0..n-1.
+UNet order (the spec's): down blocks, then the mid block, then up blocks; inside each place the
+cross-attention modules (``attn2``) in module order; inside a module heads 0..n-1. Diffusion
+transformers (PixArt, SD3, FLUX) list their blocks in forward order (FLUX: double-stream blocks,
+then single-stream blocks); :mod:`headlens.families` knows each layout.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-PLACES = ("down", "mid", "up")
+PLACES = ("down", "mid", "up", "block", "single")  # UNet places; transformer blocks; FLUX single-stream blocks
+UNET_PLACES = PLACES[:3]
 _PLACE_PREFIX = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
-_REF_LABEL = re.compile(r"^\s*(down|mid|up)\s*,\s*layer\s*:\s*(\d+)\s*,\s*head\s*:\s*(\d+)\s*$")
+_REF_LABEL = re.compile(r"^\s*(down|mid|up|block|single)\s*,\s*layer\s*:\s*(\d+)\s*,\s*head\s*:\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -25,12 +28,12 @@ class Layer:
 
     index: int  # flat layer index in canonical order
     name: str  # module path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
-    place: str  # "down" | "mid" | "up"
-    place_layer: int  # cross-attention layer number inside its place (reference "layer: L")
+    place: str  # "down" | "mid" | "up" (UNet) | "block" | "single" (transformers)
+    place_layer: int  # layer number inside its place (reference "layer: L"; a transformer's block number)
     num_heads: int
     head_dim: int
     head_offset: int  # flat index of this layer's head 0
-    downsample: int  # spatial downsampling of this layer relative to the latent
+    downsample: int  # spatial downsampling of this layer relative to the latent (a transformer's patch size)
 
     @property
     def heads(self) -> range:
@@ -88,16 +91,16 @@ class HeadIndex:
     def from_unet(cls, unet: torch.nn.Module) -> "HeadIndex":
         """List the text-conditioned ``attn2`` heads of a diffusers ``UNet2DConditionModel``."""
         down = _downsample_factors(unet)
-        found: dict[str, list[tuple[str, torch.nn.Module]]] = {p: [] for p in PLACES}
+        found: dict[str, list[tuple[str, torch.nn.Module]]] = {p: [] for p in UNET_PLACES}
         for name, module in unet.named_modules():
             if not name.endswith("attn2") or not _is_cross_attention(module):
                 continue
-            place = next((p for p in PLACES if name.startswith(_PLACE_PREFIX[p] + ".")), None)
+            place = next((p for p in UNET_PLACES if name.startswith(_PLACE_PREFIX[p] + ".")), None)
             if place is None:
                 raise ValueError(f"cross-attention module {name!r} is outside down/mid/up blocks")
             found[place].append((name, module))
         layers, offset = [], 0
-        for place in PLACES:
+        for place in UNET_PLACES:
             for place_layer, (name, module) in enumerate(found[place]):
                 heads = int(module.heads)
                 inner = module.to_q.out_features
@@ -111,9 +114,17 @@ class HeadIndex:
         return cls(layers)
 
     @classmethod
+    def from_model(cls, model) -> "HeadIndex":
+        """Heads of a denoiser (UNet, PixArt, SD3 or FLUX transformer) or of a pipeline holding one."""
+        from .families import family_of
+
+        family = family_of(model)
+        return cls(family.layers(family.denoiser(model)))
+
+    @classmethod
     def from_pipeline(cls, pipe) -> "HeadIndex":
-        """HeadIndex of a pipeline's UNet."""
-        return cls.from_unet(pipe.unet)
+        """HeadIndex of a pipeline's denoiser."""
+        return cls.from_model(pipe)
 
     # ------------------------------------------------------------------ container protocol
     def __len__(self) -> int:
@@ -132,7 +143,8 @@ class HeadIndex:
         return hash(self.fingerprint)
 
     def __repr__(self) -> str:
-        per_place = {p: sum(l.num_heads for l in self.layers if l.place == p) for p in PLACES}
+        per_place = {p: sum(l.num_heads for l in self.layers if l.place == p) for p in PLACES
+                     if any(l.place == p for l in self.layers)}
         return f"HeadIndex({len(self)} heads in {len(self.layers)} layers; {per_place})"
 
     # ------------------------------------------------------------------ names

@@ -148,8 +148,7 @@ class HRV:
         """Raise :class:`LayoutMismatchError` unless the model has this HRV's head layout."""
         other = heads_or_model
         if not isinstance(other, HeadIndex):
-            unet = getattr(other, "unet", other)
-            other = HeadIndex.from_unet(unet)
+            other = HeadIndex.from_model(other)
         if other.fingerprint != self.heads.fingerprint:
             raise LayoutMismatchError(
                 f"this HRV was built for a model with {len(self.heads)} heads in {len(self.heads.layers)} layers "

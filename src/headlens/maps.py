@@ -1,7 +1,8 @@
-"""Per-head word attention maps (DAAM-style, but one map per cross-attention head).
+"""Per-head word attention maps (DAAM-style, but one map per text-attention head).
 
 While the pipeline generates an image, :class:`HeadMapCapture` takes the post-softmax
-probabilities of the conditional half of every cross-attention call, keeps the word's token
+probabilities of the conditional half of every cross-attention call (joint attention: the
+image→text block of the joint softmax), keeps the word's token
 columns (mean over the word's tokens), reshapes each head's column to its layer's grid, upsamples
 it (bilinear) to one common size and adds it to a running ``[images, H, h, w]`` sum. Nothing is
 stored per step. :func:`head_maps` runs that for one prompt; :func:`plot_head_maps` draws the
@@ -26,7 +27,6 @@ import torch.nn.functional as F
 from .attention import AttentionCall, Plugin, Session
 from .heads import HeadIndex
 from .hrv import HRV
-from .tokens import TokenMap
 
 AUTO_MAX_BYTES = 1 << 30  # "auto" accumulates at image size while the sum stays below 1 GiB
 
@@ -131,15 +131,12 @@ class HeadMaps:
 
 
 def _pipeline_sizes(pipe, height: int | None, width: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(image size, latent size) a pipeline will generate at."""
-    scale = int(getattr(pipe, "vae_scale_factor", 8) or 8)
-    sample = pipe.unet.config.sample_size
-    sh, sw = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    h = int(height or sh * scale)
-    w = int(width or sw * scale)
-    if h % scale or w % scale:
-        raise ValueError(f"image size {h}×{w} must be a multiple of {scale} for this model")
-    return (h, w), (h // scale, w // scale)
+    """(image size, latent size) a pipeline will generate at (PixArt: the size bin it snaps to)."""
+    from .families import family_of
+
+    family = family_of(pipe)
+    h, w = family.generation_size(pipe, height, width)
+    return (h, w), family.latent_size(pipe, h, w)
 
 
 def resolve_map_size(map_size, num_heads: int, image_size: tuple[int, int], latent_size: tuple[int, int]) -> tuple[int, int]:
@@ -169,9 +166,11 @@ def head_maps(pipe, prompt: str, word: str, *, seed: int = 0, num_inference_step
     ``occurrence`` picks one) and accumulated at ``map_size`` (``"auto"``: image size unless that
     needs more than 1 GiB, then latent size).
     """
-    tokenizer = pipe.tokenizer
-    positions = TokenMap.from_tokenizer(tokenizer, prompt).find(word, tokenizer, occurrence)
-    heads = HeadIndex.from_unet(pipe.unet)
+    from .families import family_of
+
+    family = family_of(pipe)
+    positions = family.text_layout(pipe).token_map(prompt).find(word, occurrence=occurrence)
+    heads = HeadIndex.from_model(pipe)
     image_size, latent_size = _pipeline_sizes(pipe, height, width)
     size = resolve_map_size(map_size, len(heads), image_size, latent_size)
     capture = HeadMapCapture(heads, positions, latent_size, size)
@@ -180,7 +179,7 @@ def head_maps(pipe, prompt: str, word: str, *, seed: int = 0, num_inference_step
               "generator": torch.Generator(device="cpu").manual_seed(int(seed))}
     if negative_prompt:
         kwargs["negative_prompt"] = negative_prompt
-    with torch.no_grad(), Session(pipe, [capture], cfg=guidance_scale > 1.0):
+    with torch.no_grad(), Session(pipe, [capture], cfg=family.uses_cfg(guidance_scale)):
         image = pipe(**kwargs).images[0]
     if capture.maps is None:
         raise RuntimeError("no cross-attention call was seen during generation")

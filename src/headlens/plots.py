@@ -23,8 +23,8 @@ import numpy as np
 from .heads import PLACES, HeadIndex, Layer
 from .hrv import HRV
 
-PLACE_COLORS = {"down": "#4C72B0", "mid": "#DD8452", "up": "#55A868"}
-PLACE_BAND_COLORS = {"down": "#C9D6EA", "mid": "#F4D4BD", "up": "#CDE6D2"}
+PLACE_COLORS = {"down": "#4C72B0", "mid": "#DD8452", "up": "#55A868", "block": "#8172B3", "single": "#937860"}
+PLACE_BAND_COLORS = {"down": "#C9D6EA", "mid": "#F4D4BD", "up": "#CDE6D2", "block": "#D9D4EA", "single": "#E4D9CF"}
 HEAT_CMAP = "magma"
 DPI = 100
 

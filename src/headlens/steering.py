@@ -14,9 +14,13 @@ fractional range ``steps=(start, end)``; interventions compose by multiplication
 layers whose factors are all exactly 1 are left on the original processor (bit-identical).
 
 **Where words are found.** Word positions depend on the prompt, which the pipeline only sees
-when it is called. The context registers a forward pre-hook on the pipeline's text encoder
+when it is called. The context registers a forward pre-hook on the pipeline's text encoder(s)
 (public torch API) and records the token ids of the first text-encoder call before each
 generation — that is the prompt batch (diffusers encodes the prompt before the negative prompt).
+Positions index the denoiser's text keys (:mod:`headlens.textlayout`): SD3 words have their CLIP
+and their T5 positions, PixArt and FLUX words their T5 positions; T5 padding that PixArt's
+attention mask removes is never part of a token set. On SD3/FLUX the edits act on the image→text
+block of the joint softmax only.
 Each row of the conditional half is matched to its prompt (``num_images_per_prompt`` copies
 follow each other), so batches of different prompts work. When the pipeline gets
 ``prompt_embeds`` instead of text, give the prompt(s) yourself: ``steer(pipe, hrv, prompt=...)``
@@ -33,6 +37,7 @@ import torch
 
 from .attention import AttentionCall, Plugin, Session
 from .heads import HeadIndex
+from .textlayout import token_map_from_ids as _token_map_from_ids
 from .tokens import TokenMap, WordNotFoundError
 from .votes import adjust_factors
 
@@ -78,19 +83,7 @@ def resolve_heads(heads: HeadIndex, selection) -> list[int]:
 
 def token_map_from_ids(tokenizer, ids: Sequence[int]) -> TokenMap:
     """A :class:`TokenMap` for an already tokenised (padded) prompt, as the text encoder saw it."""
-    ids = tuple(int(i) for i in ids)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    start = 1 if ids and bos is not None and ids[0] == bos else 0
-    length = len(ids)
-    if eos is not None:
-        for p in range(start, len(ids)):
-            if ids[p] == eos:
-                length = p + 1
-                break
-    end = length - 1 if eos is not None and length and ids[length - 1] == eos else length
-    prompt = tokenizer.decode(list(ids[start:end]), skip_special_tokens=True).strip()
-    return TokenMap(prompt=prompt, ids=ids, tokens=tuple(tokenizer.convert_ids_to_tokens(list(ids))),
-                    bos_id=bos, eos_id=eos, length=length)
+    return _token_map_from_ids(tokenizer, ids)
 
 
 def token_positions(tokmap: TokenMap, tokenizer, words, tokens: str = "words") -> list[int]:
@@ -206,10 +199,12 @@ class SteeringPlugin(Plugin):
     cross = True
 
     def __init__(self, heads: HeadIndex, tokenizer=None, capture: PromptCapture | None = None,
-                 prompt: str | Sequence[str] | None = None):
+                 prompt: str | Sequence[str] | None = None, layout=None):
         self.heads = heads
         self.tokenizer = tokenizer
         self.capture = capture
+        self.layout = layout  # TextLayout of the pipeline (None: one segment read by ``tokenizer``)
+        self.captures: list[PromptCapture] | None = None  # one per layout segment (transformer families)
         self.interventions: list[Intervention] = []
         self._prompt: list[str] | None = None
         self.token_maps: list[TokenMap] | None = None
@@ -231,7 +226,10 @@ class SteeringPlugin(Plugin):
         self._prompt = [value] if isinstance(value, str) else [str(p) for p in value]
         if not self._prompt:
             raise ValueError("prompt list is empty; give at least one prompt")
-        self._set_token_maps([TokenMap.from_tokenizer(self._need_tokenizer(), p) for p in self._prompt])
+        if self.layout is not None:
+            self._set_token_maps([self.layout.token_map(p) for p in self._prompt])
+        else:
+            self._set_token_maps([TokenMap.from_tokenizer(self._need_tokenizer(), p) for p in self._prompt])
 
     def _need_tokenizer(self):
         if self.tokenizer is None:
@@ -256,8 +254,26 @@ class SteeringPlugin(Plugin):
         return intervention
 
     # ------------------------------------------------------------------ plugin callbacks
+    def _captured_maps(self) -> list | None:
+        """Token maps of the prompt batch the text encoders just read (transformer families), or None."""
+        rows = [c.take() for c in self.captures]
+        if any(r is None for r in rows):
+            return None
+        return [self.layout.from_ids([r[i] for r in rows]) for i in range(len(rows[0]))]
+
     def on_step(self, session: Session) -> None:
         if session.step != 0:
+            return
+        if self.captures is not None:
+            captured = self._captured_maps()
+            maps = self.token_maps if self._prompt is not None or captured is None else captured
+            if maps is None:
+                if self.interventions:
+                    raise ValueError("steering cannot see the prompt (the pipeline got prompt_embeds?); "
+                                     "set it with steer(pipe, hrv, prompt=...) or s.prompt = ...")
+                return
+            if maps is not self.token_maps or any(iv._masks is None for iv in self.interventions):
+                self._set_token_maps(list(maps))
             return
         ids = self.capture.take() if self.capture is not None else None
         if self.second is not None:
@@ -315,19 +331,29 @@ class Steering:
 
     def __init__(self, pipe, hrv=None, prompt: str | Sequence[str] | None = None, cfg: bool | None = None,
                  tokenizer=None, plugins: Iterable[Plugin] = ()):
+        from .families import family_of
+
         self.pipe = pipe
         self.hrv = hrv
-        unet = pipe.unet if hasattr(pipe, "unet") else pipe
-        self.heads = HeadIndex.from_unet(unet)
+        self.family = family_of(pipe)
+        self.heads = HeadIndex.from_model(pipe)
         if hrv is not None:
             hrv.check_layout(self.heads)
-        self._encoder, tok = _text_encoder(pipe)
+        layout = None
+        if self.family.name == "unet" or not hasattr(pipe, "encode_prompt"):
+            self._encoder, tok = _text_encoder(pipe)
+        else:
+            layout = self.family.text_layout(pipe)
+            self._encoder, tok = None, layout.tokenizer
+        self.layout = layout
         self.tokenizer = tokenizer if tokenizer is not None else tok
-        self.plugin = SteeringPlugin(self.heads, self.tokenizer, None, prompt)
+        self.plugin = SteeringPlugin(self.heads, self.tokenizer, None, prompt, layout=layout)
         self.session = Session(pipe, [self.plugin, *plugins], cfg=cfg)
 
     # ------------------------------------------------------------------ context
     def __enter__(self) -> Steering:  # noqa: PYI034
+        if self.layout is not None:
+            self.plugin.captures = [PromptCapture(getattr(self.pipe, seg.encoder)) for seg in self.layout.segments]
         if self._encoder is not None:
             self.plugin.capture = PromptCapture(self._encoder)
             second = getattr(self.pipe, "text_encoder_2", None)
@@ -348,6 +374,9 @@ class Steering:
             self._remove_capture()
 
     def _remove_capture(self) -> None:
+        for c in self.plugin.captures or []:
+            c.remove()
+        self.plugin.captures = None
         if self.plugin.capture is not None:
             self.plugin.capture.remove()
             self.plugin.capture = None

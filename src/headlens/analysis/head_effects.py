@@ -91,7 +91,7 @@ def head_effects(pipe, hrv, concept: str, prompts=None, seeds: Sequence[int] = D
     """
     from ..heads import HeadIndex
 
-    index = HeadIndex.from_unet(pipe.unet)
+    index = HeadIndex.from_model(pipe)
     if hrv is not None:
         hrv.check_layout(index)
         concept = hrv.concepts[hrv.concept_index(concept)]

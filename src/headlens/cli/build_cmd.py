@@ -63,6 +63,7 @@ def build_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (refuses a checkpoint of another run)."),
     variant: str = typer.Option("reference", "--variant", help="'reference': one random word per concept per layer call (paper); 'all-words': every word scored, averaged per concept (deterministic)."),
     no_start_token: bool = typer.Option(False, "--no-start-token", help="Drop the start token from the vote softmax (the reference keeps it)."),
+    concept_keys: str = typer.Option("probes", "--concept-keys", help="SD3/FLUX only: 'probes' (concept-words ride along as probe tokens that see the image) or 'text-only' (each word sees only itself)."),
     scheduler: str = typer.Option(None, "--scheduler", help="Replace the pipeline's scheduler: ddim, pndm, euler, euler-a, dpm, lms, heun, unipc."),
     size: int = typer.Option(None, "--size", help="Image height and width in pixels (default: the model's)."),
     limit: int = typer.Option(None, "--max-prompts", "--limit", help="Use only the first N prompts (quick runs; the prompt list's order fixes each prompt's seed, so a build takes the first N, not a random subset)."),
@@ -77,7 +78,7 @@ def build_command(
     min_free_mb: float = typer.Option(16, "--min-free-mb", help="Refuse to start unless the output disk has the build's output size plus this much free."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
-    """Build Head Relevance Vectors: generate the prompts while every cross-attention head votes.
+    """Build Head Relevance Vectors: generate the prompts while every text-attention head votes.
 
     Runs on several processes too: `torchrun --nproc_per_node N -m headlens build ...` (or
     `accelerate launch`) splits the batches over the processes and writes the same folder.
@@ -139,7 +140,7 @@ def build_command(
             seed=seed, variant=variant, start_token=not no_start_token, scheduler=scheduler, height=size, width=size,
             out=out, checkpoint_every=checkpoint_every, resume=resume, progress=comm.is_root, shard=shard_spec,
             per_prompt=per_prompt, until_stable=until_stable, stable_top=stable_top, distributed=comm,
-            min_free_mb=min_free_mb,
+            min_free_mb=min_free_mb, concept_keys=concept_keys,
         )
     finally:
         comm.close()

@@ -38,7 +38,7 @@ warnings.showwarning = _show_note
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
 
 MODEL_HELP = ("Hub id or local pipeline folder; 'world' = the bundled model ('world-joint': its jointly trained "
-              "contrast), 'tiny' = a random tiny smoke-test model.")
+              "contrast), 'tiny', 'tiny-pixart', 'tiny-sd3', 'tiny-flux' = random tiny smoke-test models.")
 DEVICE_HELP = "Torch device: cpu, cuda, cuda:1, mps (checked before the model loads)."
 DTYPE_HELP = "float32, float16 or bfloat16."
 STEPS_HELP = "Denoising steps per image (default: the model's own — 50, for the bundled world models too)."
@@ -297,8 +297,17 @@ def reuse_models():
         _MODELS = outer
 
 
+TINY_MODELS = {
+    "tiny": "tiny_sd_pipeline", "tiny-pixart": "tiny_pixart_pipeline", "tiny-sd3": "tiny_sd3_pipeline",
+    "tiny-flux": "tiny_flux_pipeline",
+}
+
+
 def load_model(model: str, device: str = "cpu", dtype: str = "float32"):
-    """A diffusers text-to-image pipeline from a hub id, a local folder, 'world', 'world-joint' or 'tiny'."""
+    """A diffusers text-to-image pipeline from a hub id, a local folder, 'world', 'world-joint' or a tiny model.
+
+    Tiny models (random weights, seeded): ``tiny`` (SD1-style), ``tiny-pixart``, ``tiny-sd3``, ``tiny-flux``.
+    """
     if _MODELS is not None:
         key = (model, str(device), str(dtype))
         if key not in _MODELS:
@@ -319,10 +328,10 @@ def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
 
     if world.variant_of(model):
         pipe = world.load_pipeline(variant=world.variant_of(model))
-    elif model == "tiny":
-        from headlens.testing import tiny_sd_pipeline
+    elif model in TINY_MODELS:
+        from headlens import testing
 
-        pipe = tiny_sd_pipeline()
+        pipe = getattr(testing, TINY_MODELS[model])()
     else:
         from diffusers import DiffusionPipeline
 
@@ -334,9 +343,13 @@ def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot load model {model!r} ({first}); give a local pipeline folder or a reachable hub id") from None
-        if not hasattr(pipe, "unet"):
-            raise UserError(f"model {model!r} has no UNet; headlens supports SD1.x/2.x/SDXL-style pipelines")
-    if pipe.unet.dtype != torch_dtype or str(pipe.unet.device) != str(torch.device(device)):
+    from headlens.families import UnsupportedModelError, family_of
+
+    try:
+        denoiser = family_of(pipe).denoiser(pipe)
+    except UnsupportedModelError as e:
+        raise UserError(f"model {model!r}: {e}") from None
+    if denoiser.dtype != torch_dtype or str(denoiser.device) != str(torch.device(device)):
         pipe = pipe.to(device=device, dtype=torch_dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

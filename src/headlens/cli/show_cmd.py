@@ -158,7 +158,7 @@ def maps_command(
     _agg()
     from headlens import plots
     from headlens.maps import head_maps, plot_head_maps
-    from headlens.tokens import TokenMap
+    from headlens.families import prompt_map
 
     check_device(device)
     check_dtype(dtype)
@@ -183,14 +183,14 @@ def maps_command(
     ms = map_size if map_size in ("auto", "image", "latent") else _int(map_size, "--map-size")
     output_folder(out)
     pipe = load_model(model, device, dtype)
-    TokenMap.from_tokenizer(pipe.tokenizer, prompt).find(word, pipe.tokenizer, occurrence)  # fail before generating
+    prompt_map(pipe, prompt).find(word, occurrence=occurrence)  # fail before generating
     if hrv is not None:
         hrv.check_layout(pipe)
     head_list = [h.strip() for h in heads.split(",") if h.strip()] if heads else None
     if head_list:
         from headlens.heads import HeadIndex
 
-        index = HeadIndex.from_unet(pipe.unet)
+        index = HeadIndex.from_model(pipe)
         head_list = [index.resolve(h) for h in head_list]  # unknown heads fail before generating
     echo(f"generating {prompt!r} (seed {seed}, {steps} steps) and mapping {word!r} at every head")
     result = head_maps(pipe, prompt, word, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
