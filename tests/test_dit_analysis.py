@@ -65,3 +65,22 @@ def test_ordered_weakening_runs(family, request, tmp_path):
     assert mor.mean[0] == ler.mean[0] and mor.mean[-1] == ler.mean[-1]  # k = 0 and k = H are shared
     assert not np.allclose(mor.mean, mor.mean[0])  # weakening changes the images
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("family", ["tiny_pixart", "tiny_flux"])
+def test_shards_merge_and_resume_give_the_full_counts(family, request, tmp_path):
+    import headlens
+    from headlens.distributed import merge_runs
+
+    pipe = request.getfixturevalue(family)
+    concepts = {"Color": ["red", "blue"], "Shape": ["circle", "square"]}
+    prompts = ["a red circle", "a blue square", "a green cup", "a cat"]
+    kw = dict(num_inference_steps=2, batch_size=1, seed=4)
+    full = headlens.build(pipe, concepts, prompts, **kw)
+    for i in range(2):
+        headlens.build(pipe, concepts, prompts, shard=f"{i}/2", out=tmp_path / f"p{i}", **kw)
+    merged, _ = merge_runs([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m")
+    assert torch.equal(merged.votes, full.votes)
+    # a run that stopped after shard 0's batches resumes to exactly the uninterrupted counts
+    resumed = headlens.build(pipe, concepts, prompts, out=tmp_path / "p0", resume=True, **kw)
+    assert torch.equal(resumed.votes, full.votes)

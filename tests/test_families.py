@@ -111,3 +111,15 @@ def test_joint_models_refuse_p2p_and_ae_in_one_line(feature, tiny_sd3, tiny_flux
                 p2p(pipe, "a red circle", "a blue circle", num_inference_steps=2)
             else:
                 headlens.excite(pipe, "a red circle", tokens=["circle"], num_inference_steps=2)
+
+
+def test_hrv_files_refuse_another_layout(tiny_pixart, tiny_sd3, tmp_path):
+    from headlens import HRV, LayoutMismatchError
+
+    heads = HeadIndex.from_model(tiny_pixart)
+    HRV.from_matrix(torch.ones(1, len(heads)), heads, ["Color"]).save(tmp_path / "h")
+    assert HRV.load(tmp_path / "h", tiny_pixart).heads == heads
+    with pytest.raises(LayoutMismatchError, match="8 heads in 2 layers"):
+        HRV.load(tmp_path / "h", tiny_sd3)  # same head count, other layout
+    with pytest.raises(LayoutMismatchError):
+        headlens.steer(tiny_sd3, HRV.load(tmp_path / "h"))
