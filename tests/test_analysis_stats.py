@@ -53,8 +53,12 @@ def test_bootstrap_ci_custom_statistic_and_coverage():
         lo, hi = bootstrap_ci(x, n_boot=400, seed=int(rng.integers(1 << 30)))
         hits += lo <= 1.0 <= hi
     assert 0.85 <= hits / 200 <= 0.99  # nominal 95 %, percentile bootstrap is a little narrow at n = 30
-    med_lo, med_hi = bootstrap_ci(np.arange(11.0), statistic=lambda a: np.median(a, axis=-1), n_boot=300)
-    assert med_lo <= 5 <= med_hi
+    # a skewed sample whose median (1) and mean (≈ 9) differ: the CI must be the median's, from the same resamples
+    x = np.array([0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 40.0, 50.0, 0.8, 1.2, 0.9])
+    med_lo, med_hi = bootstrap_ci(x, statistic=lambda a: np.median(a, axis=-1), n_boot=300, seed=4)
+    meds = [np.median(x[row]) for row in bootstrap_indices(len(x), 300, seed=4)]
+    assert (med_lo, med_hi) == pytest.approx((np.quantile(meds, 0.025), np.quantile(meds, 0.975)))
+    assert med_hi < x.mean() < bootstrap_ci(x, n_boot=300, seed=4)[1]  # the mean's interval reaches far higher
     with pytest.raises(ValueError, match="confidence level"):
         bootstrap_ci(np.ones(3), level=95)
 

@@ -77,9 +77,11 @@ def test_concept_set_formats(tmp_path):
 
 def test_default_sets():
     cs = ConceptSet.default()
-    assert len(cs) >= 34 and all(len(w) >= 10 for w in cs.words)
+    # README: 44 concepts × 10 words; 2,100 prompts (1,000 "a photo of a {class}." + 1,100 descriptive)
+    assert len(cs) == 44 and [len(w) for w in cs.words] == [10] * 44
     prompts = load_prompts("default")
-    assert len(prompts) >= 2000 and prompts[0].startswith("a photo of a")
+    assert len(prompts) == 2100 and prompts[0].startswith("a photo of a")
+    assert sum(p.startswith("a photo of a") for p in prompts[:1000]) == 1000
     assert len(set(prompts)) == len(prompts)
 
 

@@ -88,7 +88,7 @@ def test_file_is_utf8_with_header_comment(name):
 
 
 def test_concepts_shape(concepts):
-    assert len(concepts) >= 36
+    assert len(concepts) == 44  # README: 44 concepts × 10 words
     for name, words in concepts.items():
         assert isinstance(words, list), name
         assert len(words) == 10, f"{name}: {len(words)} words, want exactly 10"
@@ -138,7 +138,7 @@ def test_classes(classes):
 def test_prompts(classes):
     prompts = text_lines("prompts.txt")
     assert all(p and p == p.strip() and "  " not in p for p in prompts), "blank or untrimmed prompt line"
-    assert len(prompts) >= 2100
+    assert len(prompts) == 2100  # README: 2,100 shipped prompts
     assert len(set(prompts)) == len(prompts), [p for p, n in Counter(prompts).items() if n > 1][:5]
     photos, rest = prompts[:N_CLASSES], prompts[N_CLASSES:]
     for cls, p in zip(classes, photos):
@@ -146,7 +146,7 @@ def test_prompts(classes):
         if cls[0].lower() in "bcdfgjklmnpqrstvwxyz":
             assert p == f"a photo of a {cls}.", p
     assert sum(p.startswith("a photo of an ") for p in photos) > 50  # "an" before vowels is in use
-    assert len(rest) >= 1100
+    assert len(rest) == 1100
     for p in rest:
         assert 5 <= len(p.split()) <= 25, p
     # genuinely varied: many different opening words

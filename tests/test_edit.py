@@ -214,11 +214,35 @@ def test_refine_and_reweight(sd_pipe):
     assert torch.allclose(p[1][..., pos], 3 * p[0][..., pos])
 
 
-def test_local_blend_keeps_the_source_outside_the_mask(sd_pipe):
+def test_local_blend_keeps_the_source_outside_the_mask(sd_pipe, monkeypatch):
+    from headlens.edit import LocalBlend
+
     src, edited = run(sd_pipe, local_blend=["wood", "glass"], blend_threshold=1.0)
     assert torch.equal(src, edited)  # empty mask: nothing may change
-    src, edited = run(sd_pipe, local_blend=["wood", "glass"], blend_threshold=0.3)
-    assert not torch.equal(src, edited)
+    seen = []
+    real = LocalBlend.__call__
+
+    def spy(self, pipe, step, timestep, kwargs):
+        before = kwargs["latents"].clone()
+        mask = blend_mask(self.maps, before.shape[-2:], self.threshold, self.dilation)
+        out = real(self, pipe, step, timestep, kwargs)
+        seen.append((before, mask, out["latents"].clone()))
+        return out
+
+    monkeypatch.setattr(LocalBlend, "__call__", spy)
+    src, edited = run(sd_pipe, local_blend=["wood", "glass"], blend_threshold=0.95)  # a partial mask on this model
+    assert len(seen) == STEPS
+    partial = 0
+    for before, mask, after in seen:
+        m = mask[0, 0].bool()
+        partial += bool(m.any() and not m.all())
+        assert torch.equal(after[0], before[0])  # the source branch is never touched
+        # outside the mask the edited latent is the source's, inside it keeps its own value
+        assert torch.equal(after[1][:, ~m], before[0][:, ~m])
+        torch.testing.assert_close(after[1][:, m], before[1][:, m])  # x_src + 1·(x_edit − x_src): rounding only
+    assert partial == STEPS  # a real region every step: both rules above were exercised
+    final = seen[-1][1][0, 0].bool()
+    assert torch.equal(edited[:, ~final], src[:, ~final]) and not torch.equal(src, edited)
     with pytest.raises(ValueError, match="neither prompt"):
         run(sd_pipe, local_blend=["metal"])
 

@@ -168,10 +168,24 @@ def test_refinement_lowers_the_loss(sd_pipe):
 
 
 def test_refinement_stops_at_the_threshold(sd_pipe):
+    kw = dict(num_inference_steps=1, max_iter_to_alter=0, output_type="latent")
     trace = []
-    excite(sd_pipe, PROMPT, TOKENS, num_inference_steps=1, thresholds={0: 0.0}, max_iter_to_alter=0,
-           output_type="latent", trace=trace)
+    excite(sd_pipe, PROMPT, TOKENS, thresholds={0: 0.0}, trace=trace, **kw)
     assert [r["phase"] for r in trace] == ["check"]  # loss <= 1 - 0.0: nothing to refine
+    # the losses of a long refinement, then a threshold between the 3rd and 4th: refinement must start and stop
+    # after the 4th evaluation (the first with loss <= 1 - threshold), well before max_refinement_steps
+    trace = []
+    excite(sd_pipe, PROMPT, TOKENS, thresholds={0: 0.99}, max_refinement_steps=6, trace=trace, **kw)
+    losses = [r["loss"] for r in trace if r["phase"] == "refine"]
+    assert len(losses) == 6 and all(b < a for a, b in itertools.pairwise(losses)), losses
+    target = (losses[2] + losses[3]) / 2
+    trace = []
+    excite(sd_pipe, PROMPT, TOKENS, thresholds={0: 1.0 - target}, max_refinement_steps=20, trace=trace, **kw)
+    assert [r["phase"] for r in trace] == ["check"] + ["refine"] * 4 + ["refined"]
+    refine = [r["loss"] for r in trace if r["phase"] == "refine"]
+    assert refine == pytest.approx(losses[:4], rel=1e-5)  # the same descent, cut at the threshold
+    assert all(x > target for x in refine[:3]) and refine[3] <= target
+    assert trace[-1]["loss"] == pytest.approx(losses[4], rel=1e-5)  # after the 4th update, as the reference
 
 
 def test_all_ones_hrv_equals_plain_attend_and_excite(sd_pipe):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import headlens
 from headlens import HRV
 from headlens.cli import app
 from headlens.cli.common import run_app
@@ -43,10 +44,19 @@ def test_excite_subprocess_writes_sd_ae_and_ae_hrv(tmp_path, hrv_dir):
         for name in ("sd", "ae", "ae-hrv"):
             assert (folder / f"seed{s}_{name}.png").is_file()
     assert Image.open(folder / "grid.png").size[0] >= 3 * 128
-    sd = np.asarray(Image.open(folder / "seed1_sd.png"))
     pipe = tiny_sd_pipeline()
-    ref = pipe("a cat and a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(1)).images[0]
-    assert np.array_equal(sd, np.asarray(ref))  # the SD column is the plain pipeline
+    tokens = {"cat": "Animals", "dog": "Animals"}
+    hrv = HRV.load(hrv_dir, pipe)
+    for s in (1, 2):
+        ref = pipe("a cat and a dog", num_inference_steps=2, generator=torch.Generator().manual_seed(s)).images[0]
+        got = {name: np.asarray(Image.open(folder / f"seed{s}_{name}.png")) for name in ("sd", "ae", "ae-hrv")}
+        assert np.array_equal(got["sd"], np.asarray(ref))  # the SD column is the plain pipeline
+        # the A&E and A&E-HRV columns are the Python API's for the same arguments
+        ae = headlens.excite(pipe, "a cat and a dog", tokens, seed=s, num_inference_steps=2)
+        ae_hrv = headlens.excite(pipe, "a cat and a dog", tokens, hrv=hrv, seed=s, num_inference_steps=2)
+        assert np.array_equal(got["ae"], np.asarray(ae)), s
+        assert np.array_equal(got["ae-hrv"], np.asarray(ae_hrv)), s
+        assert not np.array_equal(got["ae"], got["sd"]) and not np.array_equal(got["ae-hrv"], got["ae"]), s
 
 
 def test_excite_benchmark(monkeypatch, tmp_path):

@@ -145,7 +145,9 @@ def test_probabilities_equal_hand_computation(pipe, heads, hrv):
         assert torch.equal(p1[0], p0[0])  # unconditional half untouched
         untouched = factors == 1
         assert torch.equal(p1.masked_select(untouched.expand_as(p1)), p0.masked_select(untouched.expand_as(p0)))
-        assert set(red) <= set(tm.word_positions)
+        for j in range(layer.num_heads):  # spelled out: a chosen head's 'red' columns are −2× the original
+            factor = -2.0 if layer.head_offset + j in chosen else 1.0
+            assert torch.equal(p1[1, j][:, red], p0[1, j][:, red] * factor)
         # the layer's output is computed from the edited probabilities
         with torch.no_grad():
             h = (expected @ v).transpose(1, 2).reshape(2, -1, module.heads * layer.head_dim)
