@@ -17,15 +17,24 @@ STEPS = 3
 
 
 class QueryRecorder(Plugin):
-    """Stores the conditional-half queries of every cross-attention call."""
+    """Stores the conditional-half queries of every cross-attention call, filed under the UNet call number.
+
+    The number comes from a forward pre-hook counting UNet calls (not from headlens' step tracking), so the
+    slow computation says independently which evaluation each vote belongs to.
+    """
 
     needs_query = True
 
-    def __init__(self):
+    def __init__(self, unet):
         self.q = {}
+        self.calls = 0
+        self.hook = unet.register_forward_pre_hook(self._count)
+
+    def _count(self, *args):
+        self.calls += 1
 
     def on_query(self, call, attn, query):
-        self.q[(call.step, call.layer.index)] = (attn, query[call.cond].detach().clone())
+        self.q[(self.calls - 1, call.layer.index)] = (attn, query[call.cond].detach().clone())
 
 
 def word_embeddings(pipe, word):
@@ -38,44 +47,69 @@ def word_embeddings(pipe, word):
 
 
 @torch.no_grad()
-def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", start_token=True):
-    """Plain loops over images, heads and concepts; attention recomputed by hand in float64."""
+def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", start_token=True, steps=STEPS,
+               scheduler=None, **call_kwargs):
+    """Plain loops over images, heads and concepts; attention recomputed by hand (float64 after the q·k product).
+
+    ``scheduler``: a diffusers scheduler class used for the run; ``call_kwargs`` go to the pipeline call
+    (height, width, negative_prompt). Returns votes ``[UNet evaluations, heads, concepts]``.
+    """
     heads = HeadIndex.from_unet(pipe.unet)
     names = list(CONCEPTS)
     words = {c: [word_embeddings(pipe, w) for w in ws] for c, ws in CONCEPTS.items()}
     bos = words[names[0]][0][0]
-    votes = torch.zeros(STEPS, len(heads), len(names), dtype=torch.int64)
-    for start in range(0, len(prompts), batch_size):
-        idx = list(range(start, min(start + batch_size, len(prompts))))
-        rec = QueryRecorder()
-        with Session(pipe, [rec], cfg=guidance > 1):
-            pipe([prompts[i] for i in idx], num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent",
-                 generator=[torch.Generator().manual_seed(derived_seed(seed, i, "latents")) for i in idx])
-        draws = {i: torch.rand(STEPS, len(heads.layers), len(names),
-                               generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
-        for (step, li), (attn, q) in rec.q.items():
-            layer = heads.layers[li]
-            for b, i in enumerate(idx):
-                if variant == "reference":
-                    chosen = []
-                    for c, name in enumerate(names):
-                        k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))), len(words[name]) - 1)
-                        chosen.append((c, words[name][k][1], 1.0))
-                else:
-                    chosen = [(c, e[1], 1.0 / len(words[name])) for c, name in enumerate(names) for e in words[name]]
-                toks = ([bos[None]] if start_token else []) + [e for _, e, _ in chosen]
-                owner = ([(-1, 0.0)] if start_token else []) + [(c, w / len(e)) for c, e, w in chosen for _ in range(len(e))]
-                k_all = attn.to_k(torch.cat(toks)[None])[0].double()  # [M, inner]
-                for h in range(layer.num_heads):
-                    d = layer.head_dim
-                    qh = q[b, h].double()  # [pixels, d]
-                    kh = k_all[:, h * d : (h + 1) * d]
-                    p = torch.softmax(qh @ kh.T * attn.scale, dim=-1).mean(dim=0)
-                    score = [0.0] * len(names)
-                    for m, (c, w) in enumerate(owner):
-                        if c >= 0:
-                            score[c] += w * float(p[m])
-                    votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+    votes = None
+    original = pipe.scheduler
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(original.config)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            idx = list(range(start, min(start + batch_size, len(prompts))))
+            rec = QueryRecorder(pipe.unet)
+            kw = dict(call_kwargs)
+            if kw.get("negative_prompt") is not None:
+                kw["negative_prompt"] = [kw["negative_prompt"]] * len(idx)
+            try:
+                with Session(pipe, [rec], cfg=guidance > 1):
+                    pipe([prompts[i] for i in idx], num_inference_steps=steps, guidance_scale=guidance,
+                         output_type="latent",
+                         generator=[torch.Generator().manual_seed(derived_seed(seed, i, "latents")) for i in idx], **kw)
+            finally:
+                rec.hook.remove()
+            evals = rec.calls
+            if votes is None:
+                votes = torch.zeros(evals, len(heads), len(names), dtype=torch.int64)
+            assert votes.shape[0] == evals
+            draws = {i: torch.rand(evals, len(heads.layers), len(names),
+                                   generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
+            for (step, li), (attn, q) in rec.q.items():
+                layer = heads.layers[li]
+                for b, i in enumerate(idx):
+                    if variant == "reference":
+                        chosen = []
+                        for c, name in enumerate(names):
+                            k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))),
+                                    len(words[name]) - 1)
+                            chosen.append((c, words[name][k][1], 1.0))
+                    else:
+                        chosen = [(c, e[1], 1.0 / len(words[name])) for c, name in enumerate(names) for e in words[name]]
+                    toks = ([bos[None]] if start_token else []) + [e for _, e, _ in chosen]
+                    owner = ([(-1, 0.0)] if start_token else []) + [(c, w / len(e)) for c, e, w in chosen
+                                                                   for _ in range(len(e))]
+                    k_all = attn.to_k(torch.cat(toks)[None])[0]  # [M, inner], in the model's dtype
+                    for h in range(layer.num_heads):
+                        d = layer.head_dim
+                        qh = q[b, h]  # [pixels, d]
+                        kh = k_all[:, h * d : (h + 1) * d]
+                        logits = (qh @ kh.T).double() * attn.scale  # the product in the model's dtype, as the UNet
+                        p = torch.softmax(logits, dim=-1).mean(dim=0)
+                        score = [0.0] * len(names)
+                        for m, (c, w) in enumerate(owner):
+                            if c >= 0:
+                                score[c] += w * float(p[m])
+                        votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+    finally:
+        pipe.scheduler = original
     return votes
 
 
@@ -237,3 +271,50 @@ def test_scheduler_option_counts_unet_evaluations(sd_pipe):
     assert hrv.votes.shape[0] == len(pndm.timesteps)
     assert hrv.metadata["scheduler"] == "PNDMScheduler"
     assert hrv.metadata["latent_size"] == [8, 8] and hrv.metadata["vae_scale_factor"] == 2  # 16 px images
+
+
+@pytest.mark.parametrize("name,cls,per_step", [("heun", "HeunDiscreteScheduler", 2), ("euler", "EulerDiscreteScheduler", 1),
+                                               ("dpm", "DPMSolverMultistepScheduler", 1),
+                                               ("lms", "LMSDiscreteScheduler", 1),
+                                               ("unipc", "UniPCMultistepScheduler", 1)])
+def test_votes_per_unet_evaluation_for_each_scheduler(sd_pipe, name, cls, per_step):
+    """Every UNet evaluation gets its own timestep row (Heun: two per step but the last), filed in call order."""
+    import diffusers
+
+    steps = 3
+    hrv = headlens.build(sd_pipe, CONCEPTS, PROMPTS[:3], num_inference_steps=steps, guidance_scale=5.0, batch_size=2,
+                         seed=4, scheduler=name)
+    evaluations = per_step * steps - (per_step - 1)  # Heun: 2 × 3 − 1 = 5 (its last step is first order)
+    assert hrv.metadata["scheduler"] == cls and type(sd_pipe.scheduler).__name__ == "DDIMScheduler"
+    assert hrv.votes.shape == (evaluations, len(hrv.heads), 3)
+    assert (hrv.votes.sum(dim=2) == 3).all()  # each evaluation row holds one vote per head per image: none doubled
+    expected = slow_votes(sd_pipe, PROMPTS[:3], 2, 4, 5.0, steps=steps, scheduler=getattr(diffusers, cls))
+    assert torch.equal(hrv.votes, expected)  # the k-th UNet call's votes are in row k
+
+
+@pytest.mark.parametrize("option", ["non-square", "negative_prompt", "no start token"])
+def test_build_options_equal_slow_computation(sd_pipe, option):
+    kw = {"non-square": {"height": 16, "width": 24}, "negative_prompt": {"negative_prompt": "a blurry photo"},
+          "no start token": {}}[option]
+    start_token = option != "no start token"
+    hrv = headlens.build(sd_pipe, CONCEPTS, PROMPTS[:3], num_inference_steps=STEPS, guidance_scale=5.0, batch_size=2,
+                         seed=9, start_token=start_token, **kw)
+    expected = slow_votes(sd_pipe, PROMPTS[:3], 2, 9, 5.0, start_token=start_token, **kw)
+    assert torch.equal(hrv.votes, expected)
+    plain = headlens.build(sd_pipe, CONCEPTS, PROMPTS[:3], num_inference_steps=STEPS, guidance_scale=5.0, batch_size=2,
+                           seed=9)
+    assert not torch.equal(hrv.votes, plain.votes)  # the option reached the generation
+    if option == "non-square":
+        assert hrv.metadata["latent_size"] == [8, 12]
+
+
+def test_bfloat16_build_equals_slow_computation():
+    from headlens.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    hrv = headlens.build(pipe, CONCEPTS, PROMPTS[:3], num_inference_steps=STEPS, guidance_scale=5.0, batch_size=2,
+                         seed=2, dtype=torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    expected = slow_votes(pipe, PROMPTS[:3], 2, 2, 5.0)
+    assert torch.equal(hrv.votes, expected)
+    assert hrv.votes.sum() == 3 * STEPS * len(hrv.heads)
