@@ -141,7 +141,13 @@ def test_hrv_save_load_round_trip(heads, tmp_path):
     hrv = make_hrv(heads)
     hrv.save(tmp_path / "h")
     meta = json.loads((tmp_path / "h" / "hrv.json").read_text())
+    assert meta["format"] == "headlens-hrv/1"  # README: format headlens-hrv/1
     assert meta["heads"]["fingerprint"] == heads.fingerprint and meta["metadata"]["model"] == "tiny"
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "h" / "hrv.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "headlens-hrv/1"}
+        assert f.get_tensor("votes").dtype == torch.int64 and f.get_tensor("matrix").dtype == torch.float32
     back = HRV.load(tmp_path / "h", heads)
     assert torch.equal(back.votes, hrv.votes) and torch.equal(back.matrix, hrv.matrix)
     assert back.concepts == hrv.concepts and back.heads == heads and back.words["Color"] == ["red"]
@@ -169,6 +175,43 @@ def test_layout_mismatch_is_clear(heads, tmp_path):
     hrv.save(tmp_path)
     with pytest.raises(LayoutMismatchError, match="build an HRV for this model"):
         HRV.load(tmp_path, tiny_sdxl_pipeline())
+
+
+@pytest.mark.parametrize("version", ["headlens-hrv/2", None])
+def test_unknown_format_version_is_refused(heads, tmp_path, version):
+    make_hrv(heads).save(tmp_path)
+    meta = json.loads((tmp_path / "hrv.json").read_text())
+    if version is None:
+        del meta["format"]
+    else:
+        meta["format"] = version
+    (tmp_path / "hrv.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"unknown format {version!r} \\(expected headlens-hrv/1\\)") as e:
+        HRV.load(tmp_path)
+    assert "\n" not in str(e.value) and "hrv.json" in str(e.value)
+
+
+def test_check_layout_on_a_mismatched_model(heads):
+    from headlens.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+    hrv = make_hrv(heads)
+    pipe = tiny_sd_pipeline()
+    for same in (pipe, pipe.unet, heads):  # a pipeline, a UNet or a HeadIndex with this layout: accepted
+        hrv.check_layout(same)
+    xl = tiny_sdxl_pipeline()
+    with pytest.raises(LayoutMismatchError) as e:
+        hrv.check_layout(xl)
+    assert str(e.value) == (f"this HRV was built for a model with 22 heads in 7 layers (tiny), but the model has "
+                            f"{len(HeadIndex.from_unet(xl.unet))} heads in {len(HeadIndex.from_unet(xl.unet).layers)} "
+                            "layers; build an HRV for this model with `headlens build`")
+    # the same number of heads in another arrangement is another layout too
+    desc = heads.describe()
+    i, j = next((a, b) for a in range(len(desc)) for b in range(len(desc)) if desc[a]["heads"] != desc[b]["heads"])
+    desc[i]["heads"], desc[j]["heads"] = desc[j]["heads"], desc[i]["heads"]
+    moved = HeadIndex.from_description(desc)
+    assert len(moved) == len(heads)
+    with pytest.raises(LayoutMismatchError, match="22 heads in 7 layers"):
+        hrv.check_layout(moved)
 
 
 def test_not_an_hrv_folder(tmp_path):
