@@ -282,3 +282,28 @@ def test_heads_by_name_and_clamp(pipe, heads, hrv):
     assert torch.equal(b.head_factors, expected)
     c = s.strengthen("red", "Shape")
     assert torch.equal(c.head_factors, hrv["Shape"])
+
+
+@pytest.mark.parametrize("method, steps, active", [
+    ("strengthen", None, {0, 1, 2, 3}), ("strengthen", (0.0, 0.5), {0, 1}),  # README: steps=(0.0, 0.5) = first half
+    ("adjust", None, {0, 1, 2, 3}), ("adjust", (0.5, 1.0), {2, 3}),
+])
+def test_strengthen_and_adjust_step_ranges(pipe, heads, method, steps, active):
+    """Default: the whole run; a range: only its steps. An HRV of −1 / +1 makes every edited cell negative."""
+    prompt = "a red car"
+    red = TokenMap.from_tokenizer(pipe.tokenizer, prompt).find("red", pipe.tokenizer)
+    H = len(heads)
+    signed = HRV.from_matrix(torch.stack([-torch.ones(H), torch.ones(H)]), heads, ["Color", "Plants"])
+    kw = {} if steps is None else {"steps": steps}
+    with steer(pipe, signed) as s:
+        if method == "strengthen":
+            s.strengthen("red", "Color", **kw)  # × HRV_Color = −1
+        else:
+            s.adjust("red", toward="Color", away="Plants", **kw)  # × (2·(−1) − 1) = −3
+        rec = s.session.add(Recorder(s.session))
+        generate(pipe, prompt)
+    cells = negative_cells(rec, heads)
+    expected = {(0, h, t) for h in range(H) for t in red}
+    assert set(cells) == set(range(STEPS))
+    for step in range(STEPS):
+        assert cells[step] == (expected if step in active else set()), step
