@@ -131,7 +131,7 @@ def test_readme_world_summary_matches_the_verdicts():
             verdicts.setdefault(m.group(2), []).append(m.group(1))
     assert verdicts["validated by weakening"] and verdicts["contradicted"]
     text = block("world-summary")
-    m = re.search(r"validated by weakening for (.+?), partly for (.+?), and contradicted for (.+?);", text)
+    m = re.search(r"validated by weakening for (.+?), partly for (.+?), and contradicted for (.+?)(?:[;.]|, and )", text)
     assert m, text
     named = [re.split(r",\s*|\s+and\s+", g) for g in m.groups()]
     assert named[0] == verdicts["validated by weakening"] and named[2] == verdicts["contradicted"]
