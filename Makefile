@@ -25,6 +25,8 @@ bench: setup
 	$(PY) benchmarks/bench_batching.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_convergence.py
+	$(PY) benchmarks/bench_transformers.py
+	$(PY) benchmarks/bench_transformers.py --concepts default --repeats 3 --prompts 4
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

@@ -123,7 +123,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        write_section("Diffusion transformers: build overhead and probe cost", body)
+        which = "6 concepts × 3 words" if args.concepts == "small" else "44 default concepts × 10 words"
+        write_section(f"Diffusion transformers: build overhead and probe cost ({which})", body)
 
 
 if __name__ == "__main__":

@@ -101,16 +101,13 @@ def test_flux_refuses_parallelism(tiny_flux):
         tiny_flux.transformer._parallel_config = None
 
 
-@pytest.mark.parametrize("feature", ["p2p", "excite"])
-def test_joint_models_refuse_p2p_and_ae_in_one_line(feature, tiny_sd3, tiny_flux):
+def test_joint_models_refuse_p2p_in_one_line(tiny_sd3, tiny_flux):
     from headlens.edit import p2p
 
     for pipe in (tiny_sd3, tiny_flux):
-        with pytest.raises(ValueError, match="not available for (SD3|FLUX) models: .*; use"):
-            if feature == "p2p":
-                p2p(pipe, "a red circle", "a blue circle", num_inference_steps=2)
-            else:
-                headlens.excite(pipe, "a red circle", tokens=["circle"], num_inference_steps=2)
+        with pytest.raises(ValueError, match="Prompt-to-Prompt is not available for (SD3|FLUX) models: .*one joint "
+                                             "softmax.*; use a UNet or PixArt model"):
+            p2p(pipe, "a red circle", "a blue circle", num_inference_steps=2)
 
 
 def test_hrv_files_refuse_another_layout(tiny_pixart, tiny_sd3, tmp_path):

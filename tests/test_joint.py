@@ -486,3 +486,25 @@ def test_text_only_and_probe_hrvs_both_build(tiny_sd3):
     assert a.votes.sum() == b.votes.sum()
     with pytest.raises(ValueError, match="concept_keys"):
         headlens.build(tiny_sd3, CONCEPTS, PROMPTS, num_inference_steps=2, concept_keys="nope")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attend_and_excite(family, request):
+    """A&E on the image→text block: off = the pipeline bit for bit; on changes it; all-ones HRV = plain A&E."""
+    pipe = request.getfixturevalue(family)
+    prompt = "a red circle and a blue square"
+    g = 4.0 if family == "tiny_sd3" else 3.5
+    plain = pipe(prompt, num_inference_steps=STEPS, guidance_scale=g, output_type="np",
+                 generator=torch.Generator().manual_seed(2)).images[0]
+    kw = dict(num_inference_steps=STEPS, seed=2, max_iter_to_alter=2, output_type="np", guidance_scale=g)
+    off = headlens.excite(pipe, prompt, tokens=["circle", "square"], optimize=False, **kw)
+    assert np.array_equal(off, plain)
+    trace = []
+    on = headlens.excite(pipe, prompt, tokens=["circle", "square"], trace=trace, **kw)
+    subjects = len(prompt_map(pipe, prompt).find("circle")) + len(prompt_map(pipe, prompt).find("square"))
+    assert np.abs(on - plain).max() > 1e-4 and len(trace[0]["maxima"]) == subjects  # SD3: CLIP and T5 tokens
+    ones = HRV.from_matrix(torch.ones(1, len(HeadIndex.from_model(pipe))), HeadIndex.from_model(pipe), ["Shape"])
+    tokens = {"circle": "Shape", "square": "Shape"}
+    a = headlens.excite(pipe, prompt, tokens=tokens, layers="all", resolution=8, **kw)
+    b = headlens.excite(pipe, prompt, tokens=tokens, hrv=ones, resolution=8, **kw)
+    np.testing.assert_allclose(a, b, atol=1e-6)

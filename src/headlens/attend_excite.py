@@ -250,10 +250,32 @@ def head_weights(subjects: Sequence[Subject], heads: HeadIndex, hrv=None) -> tup
 
 
 # ---------------------------------------------------------------------------------------------- UNet driving
-class _Conditioning:
+class _Driver:
+    """How the A&E loop prepares latents and timesteps, scales inputs and decodes (the SD pipelines' way)."""
+
+    def setup(self, num_inference_steps: int, device, generator, latents, height: int, width: int):
+        """(timesteps, initial latent, extra scheduler-step kwargs)."""
+        pipe, scheduler = self.pipe, self.pipe.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        lat = pipe.prepare_latents(1, denoiser.config.in_channels, height, width, self.dtype, device, generator,
+                                   latents)
+        return scheduler.timesteps, lat, pipe.prepare_extra_step_kwargs(generator, 0.0)
+
+    def scale(self, x: torch.Tensor, t) -> torch.Tensor:
+        """The scheduler's input scaling."""
+        return self.pipe.scheduler.scale_model_input(x, t)
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        """Latents → image."""
+        return decode(self.pipe, latents, output_type)
+
+
+class _Conditioning(_Driver):
     """Prompt embeddings (and SDXL's extra conditioning) for conditional and guided UNet passes."""
 
-    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device):
+    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device,
+                 guidance_scale: float = 7.5):
         self.pipe = pipe
         self.cfg = cfg
         enc = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
@@ -292,10 +314,11 @@ class _Conditioning:
         return uncond + guidance_scale * (cond - uncond)
 
 
-class _PixArtConditioning:
+class _PixArtConditioning(_Driver):
     """T5 prompt embeddings and their attention masks for PixArt's transformer (learned-sigma output split off)."""
 
-    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device):
+    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device,
+                 guidance_scale: float = 4.5):
         from .families import family_of
 
         self.pipe = pipe
@@ -332,6 +355,120 @@ class _PixArtConditioning:
                           torch.cat([self.uncond_mask, self.cond_mask]), added)
         uncond, cond = noise.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
+
+
+class _SD3Conditioning(_Driver):
+    """SD3: joint CLIP + T5 prompt embeddings and pooled CLIP embeddings; flow-matching timesteps, no input scaling."""
+
+    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device,
+                 guidance_scale: float = 7.0):
+        from .families import family_of
+
+        self.pipe = pipe
+        self.cfg = cfg
+        pe, ne, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative_prompt,
+            max_sequence_length=family_of(pipe).max_length(pipe))
+        self.cond, self.uncond, self.pooled, self.neg_pooled = pe, ne, pooled, neg_pooled
+        self.dtype = pe.dtype
+
+    def setup(self, num_inference_steps: int, device, generator, latents, height: int, width: int):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+
+        pipe, sched = self.pipe, self.pipe.scheduler
+        lat = pipe.prepare_latents(1, pipe.transformer.config.in_channels, height, width, self.dtype, device,
+                                   generator, latents)
+        kw = {}
+        if sched.config.get("use_dynamic_shifting", None):
+            p = pipe.transformer.config.patch_size
+            seq = (lat.shape[-2] // p) * (lat.shape[-1] // p)
+            kw["mu"] = calculate_shift(seq, sched.config.get("base_image_seq_len", 256),
+                                       sched.config.get("max_image_seq_len", 4096),
+                                       sched.config.get("base_shift", 0.5), sched.config.get("max_shift", 1.16))
+        timesteps, _ = retrieve_timesteps(sched, num_inference_steps, device, **kw)
+        return timesteps, lat, {}
+
+    def scale(self, x: torch.Tensor, t) -> torch.Tensor:
+        return x
+
+    def _run(self, latents, t, emb, pooled):
+        return self.pipe.transformer(hidden_states=latents, timestep=t.reshape(-1)[:1].expand(latents.shape[0]),
+                                     encoder_hidden_states=emb, pooled_projections=pooled, return_dict=False)[0]
+
+    def conditional(self, latents: torch.Tensor, t) -> torch.Tensor:
+        """Velocity prediction for the prompt alone (the pass whose maps A&E reads)."""
+        return self._run(latents, t, self.cond, self.pooled)
+
+    def guided(self, latents: torch.Tensor, t, guidance_scale: float) -> torch.Tensor:
+        """Classifier-free-guided prediction (batch [uncond, cond])."""
+        if not self.cfg:
+            return self.conditional(latents, t)
+        out = self._run(torch.cat([latents] * 2), t, torch.cat([self.uncond, self.cond]),
+                        torch.cat([self.neg_pooled, self.pooled]))
+        uncond, cond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        vae = self.pipe.vae
+        lat = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        with torch.no_grad():
+            image = vae.decode(lat, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type=output_type)[0]
+
+
+class _FluxConditioning(_SD3Conditioning):
+    """FLUX: T5 prompt embeddings, pooled CLIP, text/image position ids, distilled guidance; packed latents."""
+
+    def __init__(self, pipe, prompt: str, negative_prompt: str | None, cfg: bool, height: int, width: int, device,
+                 guidance_scale: float = 3.5):
+        from .families import family_of
+
+        self.pipe = pipe
+        self.cfg = False  # guidance-distilled: no [uncond, cond] batch
+        pe, pooled, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1,
+                                                  max_sequence_length=family_of(pipe).max_length(pipe))
+        self.cond, self.pooled, self.text_ids = pe, pooled, text_ids
+        self.dtype = pe.dtype
+        self.guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            self.guidance = torch.full([1], float(guidance_scale), device=device, dtype=torch.float32)
+        self.height, self.width = height, width
+
+    def setup(self, num_inference_steps: int, device, generator, latents, height: int, width: int):
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+        pipe, sched = self.pipe, self.pipe.scheduler
+        lat, self.image_ids = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 4, height, width,
+                                                   self.dtype, device, generator, latents)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        if getattr(sched.config, "use_flow_sigmas", False):
+            sigmas = None
+        mu = calculate_shift(lat.shape[1], sched.config.get("base_image_seq_len", 256),
+                             sched.config.get("max_image_seq_len", 4096), sched.config.get("base_shift", 0.5),
+                             sched.config.get("max_shift", 1.15))
+        timesteps, _ = retrieve_timesteps(sched, num_inference_steps, device, sigmas=sigmas, mu=mu)
+        return timesteps, lat, {}
+
+    def conditional(self, latents: torch.Tensor, t) -> torch.Tensor:
+        b = latents.shape[0]
+        guidance = None if self.guidance is None else self.guidance.expand(b)
+        timestep = t.reshape(-1)[:1].expand(b).to(latents.dtype)
+        return self.pipe.transformer(hidden_states=latents, timestep=timestep / 1000, guidance=guidance,
+                                     pooled_projections=self.pooled, encoder_hidden_states=self.cond,
+                                     txt_ids=self.text_ids, img_ids=self.image_ids, return_dict=False)[0]
+
+    def guided(self, latents: torch.Tensor, t, guidance_scale: float) -> torch.Tensor:
+        return self.conditional(latents, t)
+
+    def decode(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        lat = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
+        return super().decode(lat, output_type)
 
 
 @torch.no_grad()
@@ -386,10 +523,13 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
     weights, groups = head_weights(subjects, heads, hrv)
     positions = [s.position for s in subjects]
     first = 1 if tm.bos_id is not None and tm.ids and tm.ids[0] == tm.bos_id else 0
+    if normalize_eot and not hasattr(tm, "tokenizer"):
+        raise ValueError("normalize_eot needs the tokens of one tokenizer, but this model joins CLIP and T5 tokens; "
+                         "leave normalize_eot off")
     last = tm.length - 1 if normalize_eot else (tm.length if tm.masked_padding else None)
 
     device = denoiser.device
-    cfg = guidance_scale > 1.0
+    cfg = family.uses_cfg(guidance_scale)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     recorder = TokenMaps(chosen, weights.to(device), map_size, latent_hw)
     scheduler = pipe.scheduler
@@ -399,15 +539,12 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
             trace.append({"step": step, "phase": phase, "iteration": iteration, "loss": float(loss.detach()),
                           "maxima": maxima.detach().tolist()})
 
-    conditioning = _PixArtConditioning if family.name == "pixart" else _Conditioning
+    conditioning = {"pixart": _PixArtConditioning, "sd3": _SD3Conditioning,
+                    "flux": _FluxConditioning}.get(family.name, _Conditioning)
     with Session(pipe, [recorder], cfg=False) as session, torch.no_grad():
-        cond = conditioning(pipe, prompt, negative_prompt, cfg, height, width, device)
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
+        cond = conditioning(pipe, prompt, negative_prompt, cfg, height, width, device, guidance_scale=guidance_scale)
+        timesteps, lat, extra = cond.setup(num_inference_steps, device, generator, latents, height, width)
         n = len(timesteps)
-        lat = pipe.prepare_latents(1, denoiser.config.in_channels, height, width, cond.dtype, device, generator,
-                                   latents)
-        extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
         if n > 1:
             scales = [scale_range[0] + (scale_range[1] - scale_range[0]) * i / (n - 1) for i in range(n)]
         else:
@@ -417,7 +554,7 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
             session.set_step(i, n, cfg=False)
             recorder.start()
             try:
-                cond.conditional(scheduler.scale_model_input(x, t), t)
+                cond.conditional(cond.scale(x, t), t)
             finally:
                 recorder.recording = False
             return token_maxima(recorder.finish(), positions, groups, last=last, smooth=smooth, sigma=sigma,
@@ -459,9 +596,9 @@ def excite(pipe, prompt: str, tokens, *, hrv=None, seed: int = 0, num_inference_
                         log(i, "update", 0, loss, maxima)
             lat = lat.detach()
             session.set_step(i, n, cfg=cfg)
-            noise = cond.guided(scheduler.scale_model_input(lat, t), t, guidance_scale)
+            noise = cond.guided(cond.scale(lat, t), t, guidance_scale)
             lat = scheduler.step(noise, t, lat, **extra, return_dict=False)[0]
-        return decode(pipe, lat, output_type)
+        return cond.decode(lat, output_type)
 
 
 # ---------------------------------------------------------------------------------------------- benchmark

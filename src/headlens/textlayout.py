@@ -102,6 +102,11 @@ class JointTokenMap:
         return self.offsets[-1] + len(self.parts[-1].ids)
 
     @property
+    def masked_padding(self) -> bool:
+        """False: the joint models (SD3) mask no text position."""
+        return any(p.masked_padding for p in self.parts)
+
+    @property
     def bos_id(self) -> int | None:
         """The first segment's start-token id."""
         return self.parts[0].bos_id

@@ -28,10 +28,9 @@ class FluxFamily(SD3Family):
     label = "FLUX"
     repeated_timestep_is_negative = True
     refusals = {
-        "Prompt-to-Prompt": "its text tokens are rewritten by every block together with the image, so a source "
-                            "map copied into the edited branch reads values that no longer belong to it; use a "
-                            "UNet or PixArt model",
-        "Attend-and-Excite": "headlens' A&E loop drives cross-attention denoisers (UNet, PixArt); use one of those",
+        "Prompt-to-Prompt": "its image→text and image→image maps are one joint softmax, so P2P's separate cross- and "
+                            "self-attention windows would splice rows of two different softmaxes, and its text "
+                            "tokens are rewritten together with the image in every block; use a UNet or PixArt model",
     }
 
     def matches(self, denoiser) -> bool:

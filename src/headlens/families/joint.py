@@ -37,23 +37,46 @@ class ProbeSet:
     def __post_init__(self):
         if self.mode not in PROBE_MODES:
             raise ValueError(f"unknown concept_keys mode {self.mode!r}: use 'probes' (with the image) or 'text-only'")
+        self.slots = group_slots(self.groups)
 
     def __len__(self) -> int:
         return int(self.table.shape[0])
 
 
+def group_slots(groups: torch.Tensor) -> torch.Tensor:
+    """``[G, S]`` probe indices per group (word), ``-1`` padded: the block structure of the probe-probe mask."""
+    ids = torch.unique(groups)
+    members = [torch.nonzero(groups == g).flatten() for g in ids]
+    width = max(len(m) for m in members)
+    slots = torch.full((len(members), width), -1, dtype=torch.long)
+    for i, m in enumerate(members):
+        slots[i, : len(m)] = m
+    return slots
+
+
 def probe_attention(q: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    groups: torch.Tensor, mode: str, scale: float) -> torch.Tensor:
-    """Probe outputs ``[B, h, P, d]``: each probe attends to the image (``mode="image"``) and to its own word."""
-    same = groups[:, None] == groups[None, :]  # [P, P]
+                    groups: torch.Tensor, mode: str, scale: float, slots: torch.Tensor | None = None) -> torch.Tensor:
+    """Probe outputs ``[B, h, P, d]``: each probe attends to the image (``mode="image"``) and to its own word.
+
+    Computed word by word (``[G, S]`` slots), so the cost is P·(N_img + S), not P².
+    """
+    slots = group_slots(groups) if slots is None else slots
+    slots = slots.to(q.device)
+    valid = slots >= 0  # [G, S]
+    idx = slots.clamp_min(0)
+    qg, kg, vg = q[:, :, idx].float(), k[:, :, idx].float(), v[:, :, idx]  # [B, h, G, S, d]
+    own = torch.matmul(qg, kg.transpose(-1, -2)) * scale  # [B, h, G, S, S]
+    own = own.masked_fill(~valid[None, None, :, None, :], float("-inf"))
     if mode == "image":
-        keys, values = torch.cat([k_img, k], dim=2), torch.cat([v_img, v], dim=2)
-        allowed = torch.cat([torch.ones(len(groups), k_img.shape[2], dtype=torch.bool, device=same.device), same], 1)
+        img = torch.matmul(qg, k_img.float()[:, :, None].transpose(-1, -2)) * scale  # [B, h, G, S, N]
+        w = torch.cat([img, own], dim=-1).softmax(dim=-1)
+        n = k_img.shape[2]
+        out = torch.matmul(w[..., :n].to(v_img.dtype), v_img[:, :, None]) + torch.matmul(w[..., n:].to(vg.dtype), vg)
     else:
-        keys, values, allowed = k, v, same
-    scores = torch.matmul(q.float(), keys.float().transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~allowed.to(scores.device), float("-inf"))
-    return torch.matmul(scores.softmax(dim=-1).to(values.dtype), values)
+        out = torch.matmul(own.softmax(dim=-1).to(vg.dtype), vg)  # [B, h, G, S, d]
+    result = q.new_zeros((*q.shape[:2], q.shape[2], v.shape[-1]), dtype=v.dtype)
+    result[:, :, slots[valid]] = out[:, :, valid]
+    return result
 
 
 def image_rows_probs(q_img: torch.Tensor, keys: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -169,7 +192,7 @@ class JointProcessor:
         call.concept_keys = None
         text_out = out_txt
         if probe is not None:
-            out_pr = probe_attention(q_pr, key, value, k_pr, v_pr, probe.groups, probe.mode, call.scale)
+            out_pr = probe_attention(q_pr, key, value, k_pr, v_pr, probe.groups, probe.mode, call.scale, probe.slots)
             text_out = torch.cat([out_txt, out_pr], dim=2)
 
         def merge(x):
@@ -234,7 +257,8 @@ class JointProcessor:
         call.concept_keys = None
         pieces = [out_txt]
         if probe is not None:
-            pieces.append(probe_attention(q_pr, k_img, v_img, k_pr, v_pr, probe.groups, probe.mode, call.scale))
+            pieces.append(probe_attention(q_pr, k_img, v_img, k_pr, v_pr, probe.groups, probe.mode, call.scale,
+                                          probe.slots))
         pieces.append(out_img)
         out = torch.cat(pieces, dim=2).transpose(1, 2).flatten(2, 3).to(query.dtype)  # [B, S, h·d]
         if not double:
