@@ -128,6 +128,7 @@ def test_votes_equal_slow_computation(family, variant, start_token, keys, reques
     assert hrv.votes.shape == (STEPS, len(HeadIndex.from_model(pipe)), 3)
     assert torch.equal(hrv.votes, expected)
     assert hrv.metadata["concept_keys"] == keys and (hrv.votes.sum(2) == len(PROMPTS)).all()
+    assert hrv.metadata["start_token_used"] == (start_token and family == "tiny_sd3")  # T5-only FLUX has none
 
 
 # ---------------------------------------------------------------------------- probes: an independent masked forward

@@ -209,6 +209,8 @@ class HRVBuilder:
             "num_inference_steps": s.num_inference_steps, "unet_evaluations": int(self.votes.shape[0]),
             "scheduler": getattr(self, "scheduler_name", type(self.pipe.scheduler).__name__), "guidance_scale": s.guidance_scale, "seed": s.seed,
             "batch_size": s.batch_size, "variant": s.variant, "start_token": s.start_token,
+            **({"start_token_used": s.start_token and self.family.text_layout(self.pipe).start_position is not None}
+               if self.family.name != "unet" else {}),
             "height": s.height, "width": s.width, "negative_prompt": s.negative_prompt,
             "vae_scale_factor": int(getattr(self.pipe, "vae_scale_factor", 8)),
             "latent_size": _latent_size(self.pipe, s),

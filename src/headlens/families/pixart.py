@@ -52,6 +52,11 @@ class PixArtFamily(Family):
         return [enc.register_forward_pre_hook(count)]
 
     def detect_cfg(self, session) -> bool:
+        """CFG when the pipeline encoded a negative prompt this run (PixArt pipelines expose no CFG flag).
+
+        Without any text-encoder call (``prompt_embeds`` given, or a bare transformer) CFG is assumed, as
+        at PixArt's default guidance 4.5; pass ``cfg=`` to the session (``steer(..., cfg=...)``) otherwise.
+        """
         state = session.family_state
         if session.step == 0 or "cfg" not in state:
             calls = state.get("encoder_calls", 0)
