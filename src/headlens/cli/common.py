@@ -324,6 +324,7 @@ def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     if torch_dtype is None:
         raise UserError(f"unknown --dtype {dtype!r}: use float32, float16 or bfloat16")
     check_device(device)
+    _quiet_loading()
     from headlens import world
 
     if world.variant_of(model):
@@ -354,6 +355,18 @@ def _load_model(model: str, device: str = "cpu", dtype: str = "float32"):
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _quiet_loading() -> None:
+    """No 'Loading pipeline components' / 'Loading weights' bars between the CLI's own lines."""
+    with contextlib.suppress(ImportError):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def check_dtype(dtype: str) -> None:

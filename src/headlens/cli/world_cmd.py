@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import UserError, echo, output_file, output_folder
+from .common import DRY_RUN_HELP, UserError, calibrate, echo, output_file, output_folder, report_cost, stdout
 
 REPORT_EXAMPLES = """Examples:
 
   headlens world report --quick --out world-report-quick
 
-  headlens world report --out docs/world-report
+  headlens world report --out docs/world-report --dry-run
 """
 
 world_app = typer.Typer(name="world", help="The bundled world model: validation report of its HRVs.",
@@ -32,6 +32,7 @@ def report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
     """Validate the world model's HRVs against ground truth: control, weakening, single heads, polysemy, P2P, A&E."""
     import torch
@@ -54,8 +55,11 @@ def report_command(
     if not (path / "model_index.json").exists():
         raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
                         "`python -m headlens.world.train` or give --model FOLDER")
-    output_folder(out)
+    output_folder(out, create=not dry_run)
     pipe = world.load_pipeline(folder=folder, variant=variant or "default")
+    if dry_run:
+        _dry_run(pipe, ReportConfig.quick() if quick else ReportConfig())
+        return
     try:
         reader = world.Scorer()
     except FileNotFoundError as e:
@@ -70,6 +74,31 @@ COMPARE_EXAMPLES = """Examples:
 
   headlens world compare world=docs/world-report world-joint=docs/world-report-joint
 """
+
+
+def _dry_run(pipe, cfg) -> None:
+    """Print each section's number of generations and the calibrated total time."""
+    from dataclasses import replace
+
+    from headlens.analysis.common import GenerationSettings, Item, generate
+    from headlens.heads import HeadIndex
+    from headlens.validation import planned_generations
+    from headlens.validation.world_report import use_scheduler
+
+    counts = planned_generations(cfg, len(HeadIndex.from_unet(pipe.unet)))
+    for name, n in counts.items():
+        stdout(f"  {name}: {n} generations")
+    use_scheduler(pipe, cfg.scheduler)
+    settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
+                                  batch_size=min(cfg.batch_size, 16))
+    items = [Item("a red circle", "red", s) for s in range(settings.batch_size)]
+
+    def run(n: int) -> None:
+        for _ in generate(pipe, items, replace(settings, num_inference_steps=n)):
+            pass
+
+    report_cost(sum(counts.values()), calibrate(run, cfg.steps) / len(items),
+                f"generations of {cfg.steps} {cfg.scheduler.upper()} steps (A&E and P2P cost more per image)")
 
 
 @world_app.command("compare", epilog=COMPARE_EXAMPLES)

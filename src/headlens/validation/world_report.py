@@ -85,6 +85,32 @@ class ReportConfig:
                    poly_items=4, poly_hard_items=4, p2p_items=2, ae_items=1, mass_items=4, empty_prompts=2, n_boot=200)
 
 
+def planned_generations(cfg: ReportConfig, num_heads: int, concepts: Sequence[str] = CONCEPTS) -> dict[str, int]:
+    """Images each section of a report run generates (what ``headlens world report --dry-run`` prints)."""
+    ks = resolve_ks(cfg.ks, num_heads)
+    mid = sum(1 for k in ks if k not in (0, num_heads))
+    out = {"hrv": 2 * (cfg.hrv_prompts + max(1, cfg.empty_prompts)), "attention_mass": cfg.mass_items}
+    weakening = 0
+    for concept, n in cfg.weaken.items():
+        if concept not in concepts or n <= 0:
+            continue
+        seeds = cfg.weaken_seeds[:max(1, min(len(cfg.weaken_seeds), n // 10))]
+        items = max(1, -(-n // len(seeds))) * len(seeds)
+        tokens = len(cfg.weaken_tokens.get(concept, cfg.token_sets))
+        # k = 0 shared by every token set; per token set: k = H once, top-k and bottom-k, and the random control
+        weakening += items * (1 + tokens * (1 + 2 * mid)) + tokens * items * mid
+    out["weakening"] = weakening
+    heads = num_heads if cfg.effects_heads == "all" else len(cfg.effects_heads)
+    out["effects"] = sum(max(1, -(-n // len(cfg.effects_seeds))) * len(cfg.effects_seeds) * (heads + 1)
+                         for c, n in cfg.effects.items() if c in concepts and n > 0)
+    out["polysemy"] = 4 * cfg.poly_items  # plain, adjust, strengthen, adjust with a head-shuffled HRV
+    if cfg.poly_hard_items:
+        out["polysemy_hard"] = 4 * cfg.poly_hard_items
+    out["p2p"] = 5 * cfg.p2p_items  # two batched P2P pairs and one independent generation per edit
+    out["ae"] = 3 * cfg.ae_items  # SD, A&E, A&E-HRV
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- prompts
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *[int(k) for k in keys]])
@@ -1010,5 +1036,5 @@ def render_markdown(r: dict, out: Path, md_path: Path) -> str:
 
 
 __all__ = ["CONCEPTS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "edit_pairs",
-           "mean_ci", "polysemy_prompts", "random_init_control", "render_from_json", "run_report", "two_object_prompts",
+           "mean_ci", "planned_generations", "polysemy_prompts", "random_init_control", "render_from_json", "run_report", "two_object_prompts",
            "vote_stats"]
