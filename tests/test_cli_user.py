@@ -249,7 +249,7 @@ def test_every_help_ends_with_copy_paste_examples():
 
 
 def test_commands_that_generate_many_images_have_dry_run():
-    many = {"build", "generate", "weaken", "validate", "edit", "excite", "demo"}
+    many = {"build", "generate", "weaken", "validate", "edit", "excite", "demo", "world report", "reproduce"}
     for name, cmd in _commands():
         if name in many:
             assert any("--dry-run" in p.opts for p in cmd.params), name
@@ -619,3 +619,24 @@ def test_readme_picture_names_match_the_files_show_writes(hrv_dir, tmp_path):
     for folder, name in names:
         if name.lower() in ("color", "shape", "plants"):
             assert f"{folder}/{name}.png" in written, (folder, name)
+
+
+def test_world_report_plan_matches_what_a_full_run_generated():
+    """planned_generations (what `world report --dry-run` prints) equals the images the shipped report's run counted."""
+    from headlens.validation import ReportConfig, planned_generations
+
+    r = json.loads((Path(__file__).parents[1] / "docs" / "world-report" / "report.json").read_text())
+    cfg = ReportConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
+    plan = planned_generations(cfg, r["hrv"]["num_heads"])
+    assert plan["hrv"] == r["hrv"]["images"]
+    assert plan["weakening"] == sum(c["images"] for c in r["weakening"]["concepts"].values())
+    assert plan["effects"] == sum(c["images"] for c in r["effects"]["concepts"].values())
+    for name in ("polysemy", "polysemy_hard", "p2p", "ae"):
+        assert plan[name] == r[name]["images"], name
+
+
+def test_world_report_dry_run(monkeypatch, capsys, tmp_path):
+    code, stdout, err = cli(monkeypatch, capsys, "world", "report", "--quick", "--dry-run", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert re.match(r"dry run: \d+ generations of 3 DDIM steps", last(stdout)) and "  weakening: " in stdout
+    assert not (tmp_path / "r").exists()
