@@ -640,3 +640,46 @@ def test_world_report_dry_run(monkeypatch, capsys, tmp_path):
     assert code == 0, err
     assert re.match(r"dry run: \d+ generations of 3 DDIM steps", last(stdout)) and "  weakening: " in stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_generate_with_clip_reads_the_concept_words(monkeypatch, capsys, tmp_path, hrv_dir):
+    """`--scorer clip:DIR`: each image's reading is the HRV word (of the concepts steered) CLIP matches best."""
+    from PIL import Image
+    from test_scorers import tiny_clip
+
+    from headlens.scorers import ClipScorer
+
+    clip_dir = tmp_path / "clip"
+    for part in tiny_clip():
+        part.save_pretrained(clip_dir)
+    out = tmp_path / "g"
+    code, stdout, err = cli(monkeypatch, capsys, "generate", "a red square", "-a", "red:Color:Shape", "--hrv", hrv_dir,
+                            "-m", "tiny", "-n", "1", "-s", "1,2", "--scorer", f"clip:{clip_dir}", "--out", out)
+    assert code == 0, err
+    rd = json.loads((out / "run.json").read_text())["readings"]
+    clip = ClipScorer(str(clip_dir))
+    labels = [("Color", "red"), ("Color", "blue"), ("Shape", "square")]  # the HRV words of Color and Shape
+    for i, s in enumerate([1, 2]):
+        for row in ("plain", "steered"):
+            sims = clip.matrix([Image.open(out / row / f"seed{s}.png")], [f"a photo of {w}" for _, w in labels])[0]
+            c, w = labels[int(sims.argmax())]
+            assert rd[row][i] == {"concept": c, "word": w}
+    n = sum(p != q for p, q in zip(rd["plain"], rd["steered"]))
+    assert last(stdout) == f"reading changed in {n} of 2 seeds ({100 * n / 2:.0f} %)"
+
+
+@pytest.mark.parametrize("args, count", [
+    (["generate", "a red car", "-a", "red:Color:Plants", "--hrv", "{hrv}", "-s", "1-3"], "6 generations"),  # 3 × 2
+    (["edit", "--source", "a red car", "--target", "a blue car", "-s", "1,2"], "4 images"),  # 2 seeds × pair
+    (["edit", "--source", "a red car", "--target", "a blue car", "-c", "Color", "--hrv", "{hrv}", "-s", "1,2"],
+     "8 images"),  # + the P2P-HRV pair
+    (["excite", "a cat and a dog", "-t", "cat:Color", "-t", "dog:Color", "--hrv", "{hrv}", "-s", "1"], "3 images"),
+    (["validate", "-c", "Color", "--hrv", "{hrv}", "--heads", "0-3", "--max-prompts", "2", "-s", "1"],
+     "10 generations"),  # (4 heads + 1) × 2 prompts
+])
+def test_dry_runs_count_and_write_nothing(monkeypatch, capsys, tmp_path, hrv_dir, args, count):
+    args = [a.format(hrv=hrv_dir) for a in args]
+    code, stdout, err = cli(monkeypatch, capsys, *args, "-m", "tiny", "-n", "2", "--dry-run", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert last(stdout).startswith(f"dry run: {count}") and "calibrated" in last(stdout)
+    assert not (tmp_path / "o").exists()
