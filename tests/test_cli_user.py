@@ -23,6 +23,9 @@ from headlens.cli import app
 from headlens.cli.common import run_app
 from headlens.testing import tiny_unet
 
+# every shipped world report (docs/world-report: the default model; docs/world-report-joint: the joint one)
+SHIPPED_REPORTS = sorted((Path(__file__).parents[1] / "docs").glob("world-report*/report.json"))
+
 DEVICE_COMMANDS = {
     "build": ["build", "-m", "tiny", "--max-prompts", "1", "-n", "1"],
     "generate": ["generate", "a red car", "-a", "red:Color:Plants", "-m", "tiny", "-n", "1", "--hrv", "{hrv}"],
@@ -321,11 +324,12 @@ def test_verdict_needs_the_random_control():
     assert v == "no difference from random heads at this n"
 
 
-def test_world_report_verdicts_come_from_the_same_function():
+@pytest.mark.parametrize("report_json", SHIPPED_REPORTS, ids=lambda p: p.parent.name)
+def test_world_report_verdicts_come_from_the_same_function(report_json):
     from headlens.analysis.verdict import weakening_verdict
     from headlens.validation.markdown import _verdicts
 
-    r = json.loads((Path(__file__).parents[1] / "docs" / "world-report" / "report.json").read_text())
+    r = json.loads(report_json.read_text())
     lines = _verdicts(r)
     for concept, c in r["weakening"]["concepts"].items():
         mine = [ln for ln in lines if ln.startswith(f"{concept} (n=")]
@@ -621,11 +625,12 @@ def test_readme_picture_names_match_the_files_show_writes(hrv_dir, tmp_path):
             assert f"{folder}/{name}.png" in written, (folder, name)
 
 
-def test_world_report_plan_matches_what_a_full_run_generated():
+@pytest.mark.parametrize("report_json", SHIPPED_REPORTS, ids=lambda p: p.parent.name)
+def test_world_report_plan_matches_what_a_full_run_generated(report_json):
     """planned_generations (what `world report --dry-run` prints) equals the images the shipped report's run counted."""
     from headlens.validation import ReportConfig, planned_generations
 
-    r = json.loads((Path(__file__).parents[1] / "docs" / "world-report" / "report.json").read_text())
+    r = json.loads(report_json.read_text())
     cfg = ReportConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
     plan = planned_generations(cfg, r["hrv"]["num_heads"])
     assert plan["hrv"] == r["hrv"]["images"]

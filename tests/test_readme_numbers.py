@@ -12,7 +12,7 @@ import pytest
 from headlens.validation import render_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT_DIR = ROOT / "docs" / "world-report"
+REPORT_DIR = ROOT / "docs" / "world-report-joint"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,17 @@ def ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def test_world_report_markdown_is_rendered_from_its_json(tmp_path):
-    """docs/world-report.md is exactly what `render_from_json` writes from the committed report.json."""
-    out = tmp_path / "world-report"
+@pytest.mark.parametrize("folder", sorted(p.parent for p in (ROOT / "docs").glob("world-report*/report.json")),
+                         ids=lambda p: p.name)
+def test_world_report_markdown_is_rendered_from_its_json(tmp_path, folder):
+    """docs/world-report*.md is exactly what `render_from_json` writes from the committed report.json."""
+    out = tmp_path / folder.name
     out.mkdir()
-    shutil.copy(REPORT_DIR / "report.json", out / "report.json")
-    rendered = render_from_json(out, tmp_path / "world-report.md").read_text(encoding="utf-8")
-    committed = (ROOT / "docs" / "world-report.md").read_text(encoding="utf-8")
-    assert rendered == committed, "docs/world-report.md differs from its report.json: re-render it with " \
-                                  "headlens.validation.render_from_json('docs/world-report', 'docs/world-report.md')"
+    shutil.copy(folder / "report.json", out / "report.json")
+    rendered = render_from_json(out, tmp_path / f"{folder.name}.md").read_text(encoding="utf-8")
+    committed = folder.with_suffix(".md").read_text(encoding="utf-8")
+    assert rendered == committed, f"docs/{folder.name}.md differs from its report.json: re-render it with " \
+                                  f"headlens.validation.render_from_json('docs/{folder.name}', 'docs/{folder.name}.md')"
 
 
 def test_readme_world_numbers_come_from_report_json(report):
@@ -124,7 +126,7 @@ def test_readme_world_numbers_come_from_report_json(report):
 def test_readme_world_summary_matches_the_verdicts():
     """The one-paragraph summary names exactly the concepts the report's verdicts validate and contradict."""
     verdicts = {}
-    report_md = (ROOT / "docs" / "world-report.md").read_text(encoding="utf-8")
+    report_md = (ROOT / "docs" / "world-report-joint.md").read_text(encoding="utf-8")
     for line in report_md.split("**Verdict.**", 1)[1].split("\n\n", 2)[1].splitlines():
         m = re.match(r"- (\w+) \(n=\d+\): .*?\((validated by weakening|partial|contradicted)\)", line)
         if m:

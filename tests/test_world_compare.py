@@ -11,7 +11,7 @@ from headlens.cli.common import UserError
 from headlens.validation.compare import render_comparison, weakening_verdict
 from headlens.validation.markdown import _f
 
-REPORT = Path(__file__).parents[1] / "docs" / "world-report" / "report.json"  # any full report serves as data
+REPORT = Path(__file__).parents[1] / "docs" / "world-report-joint" / "report.json"  # any full report serves as data
 
 
 def _two(tmp_path):
