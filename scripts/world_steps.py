@@ -1,4 +1,4 @@
-"""Adherence of the shipped world model by step count and guidance, with its own (PNDM) scheduler.
+"""Adherence of a shipped world model by step count and guidance, with SD's PNDM and with DDIM (the shipped one).
 
 Chooses the default generation setting every CLI command uses on `--model world`
 (`headlens.world.GENERATION`; docs/world.md, "Steps and guidance"). Prints one Markdown row per
@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, PNDMScheduler
 
 from headlens import world
 from headlens.world.quality import generate, single_metrics, single_prompts
@@ -25,17 +25,21 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=80)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--variant", default="default", help="shipped world model: default or joint")
+    ap.add_argument("--schedulers", default="PNDM,DDIM", help="comma-separated subset of PNDM,DDIM")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipe = world.load_pipeline(variant=args.variant)
     reader = world.Scorer()
     prompts = single_prompts(args.prompts, seed=args.seed)
     settings = [("PNDM", s, g) for s in (10, 20, 25, 30) for g in (5.0, 7.5)]
-    settings += [("PNDM", 40, 5.0), ("PNDM", 50, 5.0), ("PNDM", 50, 7.5), ("DDIM", 25, 5.0)]
-    pndm = pipe.scheduler
+    settings += [("PNDM", 40, 5.0), ("PNDM", 50, 5.0), ("PNDM", 50, 7.5)]
+    settings += [("DDIM", s, g) for s, g in ((20, 5.0), (25, 5.0), (25, 7.5), (50, 5.0))]
+    config = pipe.scheduler.config  # SD's betas; PNDM as SD ships it, DDIM as the world models ship it
+    schedulers = {"PNDM": PNDMScheduler.from_config(config, skip_prk_steps=True),
+                  "DDIM": DDIMScheduler.from_config(config, clip_sample=False)}
     print("| scheduler | steps | guidance | colour | shape | pattern |\n|---|---|---|---|---|---|")
-    for name, steps, guidance in settings:
-        pipe.scheduler = pndm if name == "PNDM" else DDIMScheduler.from_config(pndm.config)
+    for name, steps, guidance in [s for s in settings if s[0] in args.schedulers.split(",")]:
+        pipe.scheduler = schedulers[name]
         hits = single_metrics(reader, prompts, generate(pipe, prompts, steps=steps, cfg=guidance, batch=40))
         row = " | ".join(f"{100 * float(np.mean(hits[k])):.1f} %" for k in ("Color", "Shape", "Pattern"))
         print(f"| {name} | {steps} | {guidance:g} | {row} |", flush=True)

@@ -11,6 +11,7 @@ import pytest
 from shipped_world import WORLD_HEADS
 
 from headlens import HRV
+from headlens.cli.demo_cmd import DEMO_CONCEPT
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -26,11 +27,11 @@ def test_demo_small(tmp_path):
     assert "TINY RANDOM MODEL" not in p.stdout + p.stderr
     assert (out / "hrv" / "plots" / "heatmap.png").stat().st_size > 5000
     # the weakening curve: every order at every k, and its area (with a CI around it) as printed
-    d = out / "hrv" / "weaken-Color"
+    d = out / "hrv" / f"weaken-{DEMO_CONCEPT}"
     summary = json.loads((d / "summary.json").read_text())
     H = WORLD_HEADS
-    ks = sorted({0, 1, H // 8, H // 4, H // 2, (3 * H) // 4, H})
-    assert summary["concept"] == "Color" and summary["num_heads"] == H and summary["ks"] == ks
+    ks = [0, H // 8, H // 4, H // 2, H]  # none, an eighth, a quarter, half, all
+    assert summary["concept"] == DEMO_CONCEPT and summary["num_heads"] == H and summary["ks"] == ks
     assert summary["items"] == 2 * 2  # --weaken-prompts 2 × seeds 10, 20
     curves = {(c["order"], c["tokens"]): c for c in summary["curves"]}
     assert set(curves) == {("morhf", "words"), ("lerhf", "words"), ("random", "words")}
