@@ -34,6 +34,7 @@ DEVICE_COMMANDS = {
     "edit": ["edit", "--source", "a red car", "--target", "a blue car", "-m", "tiny", "-n", "1"],
     "excite": ["excite", "a cat and a dog", "-t", "cat:Animals", "-t", "dog:Animals", "-m", "tiny", "-n", "1"],
     "maps": ["maps", "a red car", "-w", "car", "-m", "tiny", "-n", "1"],
+    "reproduce": ["reproduce", "-m", "tiny", "--build-prompts", "1", "-n", "1"],
 }
 
 
@@ -94,7 +95,7 @@ def test_unavailable_device_is_one_line_before_the_model_loads(monkeypatch, caps
     assert not out.exists()
 
 
-@pytest.mark.parametrize("command", ["generate", "weaken", "validate", "edit", "excite", "maps", "build"])
+@pytest.mark.parametrize("command", ["generate", "weaken", "validate", "edit", "excite", "maps", "build", "reproduce"])
 def test_output_under_a_file_fails_before_the_model_loads(monkeypatch, capsys, tmp_path, hrv_dir, no_model, command):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("x")
@@ -118,6 +119,40 @@ def test_report_out_must_be_html(monkeypatch, capsys, tmp_path, hrv_dir):
     (tmp_path / "dir.html").mkdir()
     code, _, err = cli(monkeypatch, capsys, "report", hrv_dir, "--out", tmp_path / "dir.html")
     one_line_error(code, err, "--out", "is a folder")
+
+
+def test_world_compare_markdown_is_checked_first(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    report = "joint=" + str(Path(__file__).parents[1] / "docs" / "world-report-joint")
+    for bad, needle in ((blocker / "cmp.md", "is a file, not a folder"), (tmp_path / "cmp", ".md"),
+                        ("/proc/headlens-nope/cmp.md", "/proc")):
+        code, _, err = cli(monkeypatch, capsys, "world", "compare", report, "--markdown", bad)
+        one_line_error(code, err, "--markdown", needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_report_out_under_a_file_names_the_file(monkeypatch, capsys, tmp_path, hrv_dir):
+    (tmp_path / "notes.txt").write_text("x")
+    code, _, err = cli(monkeypatch, capsys, "report", hrv_dir, "--out", tmp_path / "notes.txt" / "r.html")
+    one_line_error(code, err, "--out", f"{str(tmp_path / 'notes.txt')!r} is a file, not a folder")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["edit", "--source", "a red car", "--target", "a blue car", "--local-blend", "zebra"], ("--local-blend", "zebra")),
+    (["edit", "--source", "a red car", "--target", "a blue car", "-c", "Color", "--hrv", "{hrv}", "--word", "green"],
+     ("'green'", "a blue car")),
+    (["excite", "a cat and a dog", "-t", "cat:Color", "-t", "zebra:Color"], ("'zebra'", "a cat and a dog")),
+])
+def test_words_are_checked_before_anything_is_generated(monkeypatch, capsys, tmp_path, hrv_dir, args, needles):
+    """Words the run needs (--local-blend, --word, --token) are resolved after the model loads but before any image
+    or file: the run fails in one line and leaves no folder."""
+    out = tmp_path / "new" / "run"
+    args = [a.format(hrv=hrv_dir) for a in args]
+    code, _, err = cli(monkeypatch, capsys, *args, "-m", "tiny", "-n", "1", "-s", "1", "--out", out)
+    line = one_line_error(code, err, *needles)
+    assert "local_blend" not in line
+    assert not (tmp_path / "new").exists()
 
 
 def test_failed_run_leaves_no_empty_output_folder(monkeypatch, capsys, tmp_path, hrv_dir):
@@ -201,6 +236,32 @@ def test_a_short_flag_means_the_same_in_every_command():
                 assert any(w in longs for w in want), (name, s, longs)
                 seen.setdefault(s, set()).add(name)
     assert len(seen["-s"]) >= 6 and len(seen["-c"]) >= 6 and len(seen["-m"]) >= 8
+
+
+def test_prompt_caps_have_one_meaning():
+    """Visible `--max-prompts` is always `--limit` too (one cap per command); commands running a build and a
+    weakening name each cap after its stage; the old names still work (hidden) and must agree."""
+    for name, cmd in _commands():
+        visible = [p for p in cmd.params if not getattr(p, "hidden", False)]
+        for p in visible:
+            names = set(p.opts + p.secondary_opts)
+            if names & {"--max-prompts", "--limit"}:
+                assert names >= {"--max-prompts", "--limit"}, (name, names)
+        if name in ("demo", "reproduce"):
+            longs = {o for p in visible for o in p.opts}
+            assert {"--build-prompts", "--weaken-prompts"} <= longs, name
+            assert not longs & {"--max-prompts", "--limit"}, name
+
+
+def test_old_prompt_cap_names_still_work(monkeypatch, capsys, tmp_path, no_model):
+    code, _, err = cli(monkeypatch, capsys, "reproduce", "-m", "tiny", "--build-prompts", "2", "--limit", "3",
+                       "--out", tmp_path / "r")
+    one_line_error(code, err, "--build-prompts 2", "--limit 3")
+    code, _, err = cli(monkeypatch, capsys, "reproduce", "-m", "tiny", "--max-prompts", "0", "--out", tmp_path / "r")
+    one_line_error(code, err, "--weaken-prompts must be ≥ 1")
+    code, _, err = cli(monkeypatch, capsys, "demo", "--max-prompts", "0", "--out", tmp_path / "d")
+    one_line_error(code, err, "--build-prompts must be ≥ 1")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
 
 
 def test_concept_option_is_accepted_wherever_a_concept_is_taken():
@@ -302,6 +363,35 @@ def test_weaken_prints_both_areas_and_a_verdict_that_uses_both(monkeypatch, caps
     assert lines[-1] == f"verdict (4 items): {weakening_verdict(cis)}" == f"verdict (4 items): {s['verdict']}"
     assert "warning: only 4 prompt×seed items" in err
     assert "LeRHF − MoRHF" in titles[0] and "random − MoRHF" in titles[0] and "verdict:" in titles[0]
+
+
+def test_curves_legend_says_what_each_band_is(monkeypatch, tmp_path):
+    """curves.png: MoRHF/LeRHF bands are the 95 % CI over items, the random band ±1 s.d. over the draws."""
+    import matplotlib.pyplot as plt
+
+    from headlens.analysis.figures import plot_curves
+    from headlens.analysis.weakening import Curve
+
+    ks = [0, 1, 4]
+    mean = np.array([0.9, 0.6, 0.2])
+    curves = [Curve("morhf", "words", ks, mean, mean - 0.1, mean + 0.1),
+              Curve("lerhf", "words", ks, mean + 0.05, mean - 0.02, mean + 0.2),
+              Curve("random", "words", ks, mean, mean - 0.3, mean + 0.3, spread=np.array([0.01, 0.02, 0.03]))]
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    plot_curves(tmp_path / "c.png", curves, "Color: title\nverdict: x", random_draws=3)
+    ax = figs[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["MoRHF: top-k heads weakened (band: 95% CI)", "LeRHF: bottom-k heads weakened (band: 95% CI)",
+                      "random k heads, mean of 3 draws (band: ±1 s.d. over draws)"]
+    bands = [c for c in ax.collections]
+    for band, (lo, hi) in zip(bands, [(mean - 0.1, mean + 0.1), (mean - 0.02, mean + 0.2),
+                                      (mean - [0.01, 0.02, 0.03], mean + [0.01, 0.02, 0.03])]):
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert np.isclose(ys.min(), lo.min()) and np.isclose(ys.max(), hi.max())
+    assert ax.get_title(loc="left") == "Color: title\nverdict: x"
+    monkeypatch.undo()
+    plt.close("all")
 
 
 def test_verdict_needs_the_random_control():
@@ -688,3 +778,55 @@ def test_dry_runs_count_and_write_nothing(monkeypatch, capsys, tmp_path, hrv_dir
     assert code == 0, err
     assert last(stdout).startswith(f"dry run: {count}") and "calibrated" in last(stdout)
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------- 6. documented lines
+def _documented_lines(text: str) -> list[str]:
+    """`headlens ...` lines of the fenced code blocks (continuations joined, `&&` chains split, comments cut)."""
+    lines, in_code, buf = [], False, ""
+    for ln in text.splitlines():
+        if ln.startswith("```"):
+            in_code, buf = not in_code, ""
+            continue
+        s = (buf + " " + ln.strip()).strip() if buf else ln.strip()
+        buf = ""
+        if not in_code:
+            continue
+        s = s.removeprefix("$ ").split("  #")[0].rstrip()
+        if s.endswith("\\"):
+            buf = s[:-1]
+            continue
+        lines += [part.strip() for part in s.split("&&") if part.strip().startswith("headlens ")]
+    return lines
+
+
+def _parse(line: str) -> None:
+    """Parse a command line as `headlens` would, without running it (flags, arguments, required options)."""
+    import shlex
+
+    import typer.main
+
+    args = shlex.split(line)[1:]
+    cmd = typer.main.get_command(app).commands[args[0]]
+    rest = args[1:]
+    if hasattr(cmd, "commands"):
+        cmd, rest = cmd.commands[rest[0]], rest[1:]
+    cmd.make_context(args[0], list(rest))
+
+
+def test_every_documented_command_line_parses():
+    """Each `headlens ...` line of the README, docs/*.md and every --help's examples names real flags and
+    gives every required option (a renamed flag or a missing --hrv in an example fails here)."""
+    root = Path(__file__).parents[1]
+    lines = []
+    for f in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        lines += [(f.name, ln) for ln in _documented_lines(f.read_text(encoding="utf-8"))]
+    for name, cmd in _commands():
+        lines += [(f"{name} --help", part.strip()) for ln in (cmd.epilog or "").splitlines()
+                  for part in ln.split("&&") if part.strip().startswith("headlens ")]
+    assert len(lines) > 60
+    for where, line in lines:
+        try:
+            _parse(line)
+        except Exception as e:  # click's usage errors
+            raise AssertionError(f"{where}: {line}: {e}") from None

@@ -18,7 +18,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "headlens", "demo", "--out", str(out), "--max-prompts", "8", "--steps", "4",
+    p = subprocess.run([sys.executable, "-m", "headlens", "demo", "--out", str(out), "--build-prompts", "8", "--steps", "4",
                         "--weaken-prompts", "2", "--batch-size", "8"], capture_output=True, text=True, env=ENV, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     hrv = HRV.load(out / "hrv")
@@ -52,6 +52,7 @@ def test_demo_small(tmp_path):
     printed = " ".join((p.stdout + p.stderr).split())  # rich wraps long lines
     assert (f"words: LeRHF − MoRHF {area['value']:+.2f} [{area['low']:.2f}, {area['high']:.2f}]; "
             f"random − MoRHF {vs_random['value']:+.2f} [{vs_random['low']:.2f}, {vs_random['high']:.2f}]") in printed
+    assert p.stdout.strip().splitlines()[-1] == f"verdict: {summary['verdict']}"  # the verdict uses both areas
     with open(d / "curves.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * len(ks) and {int(r["k"]) for r in rows} == set(ks)

@@ -134,8 +134,8 @@ def test_weakening_beside_the_released_curve():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-TINY = ["--model", "tiny", "--limit", "2", "--steps", "2", "--batch-size", "2", "--weaken-concepts", "Image Style",
-        "--weaken-seeds", "10", "--max-prompts", "1", "--ks", "0,1,H", "--seeds", "1", "--limit-cases", "1",
+TINY = ["--model", "tiny", "--build-prompts", "2", "--steps", "2", "--batch-size", "2", "--weaken-concepts", "Image Style",
+        "--weaken-seeds", "10", "--weaken-prompts", "1", "--ks", "0,1,H", "--seeds", "1", "--limit-cases", "1",
         "--edit-attributes", "Color", "--excite-groups", "animal-animal"]
 
 
@@ -212,7 +212,7 @@ def test_reproduce_end_to_end_on_tiny(monkeypatch, capsys, tmp_path, clip_dir):
 
 
 def test_sharded_hrv_stage_merges_to_the_unsharded_counts(monkeypatch, capsys, tmp_path, clip_dir):
-    args = ["--model", "tiny", "--limit", "5", "--steps", "1", "--batch-size", "2", "--clip", clip_dir]
+    args = ["--model", "tiny", "--build-prompts", "5", "--steps", "1", "--batch-size", "2", "--clip", clip_dir]
     out = tmp_path / "sharded"
     for i in range(2):
         code, _, err = cli(monkeypatch, capsys, "reproduce", *args, "--shard", f"{i}/2", "--only", "hrv,report",

@@ -112,7 +112,7 @@ def check_settings(settings: Settings) -> None:
         load_edits(a)  # names the known attributes when it fails
     for g in settings.excite_groups:
         load_multi_concept(g)
-    for name, value in (("--limit", settings.limit_prompts), ("--max-prompts", settings.max_prompts),
+    for name, value in (("--build-prompts", settings.limit_prompts), ("--weaken-prompts", settings.max_prompts),
                         ("--limit-cases", settings.cases)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be ≥ 1 (got {value})")

@@ -125,6 +125,29 @@ def _check_replace(pipe, cases: list, edit: str) -> None:
                             "different wordings")
 
 
+# Python argument names in library messages → the CLI's flags (the CLI speaks in flags).
+_EDIT_FLAGS = (("local_blend", "--local-blend"), ("word=", "--word"), ("edit='refine'", "--edit refine"),
+               ("cross_replace", "--cross-replace"), ("concept=", "--concept"))
+
+
+def _check_plans(pipe, cases: list, edit: str, steps: int, hrv_obj, local_blend, size: int | None) -> None:
+    """Resolve every edit's words (--word, --local-blend, the HRV's concept) before anything is generated or written."""
+    from headlens.edit import plan_edit
+
+    for case in cases:
+        variants = [(None, None)] + ([(hrv_obj, case.concept)] if hrv_obj is not None else [])
+        for h, c in variants:
+            try:
+                plan_edit(pipe, case.source, case.target, num_inference_steps=steps, edit=edit, hrv=h, concept=c,
+                          word=(case.word or None) if h is not None else None,
+                          local_blend=list(local_blend) if local_blend else None, height=size, width=size)
+            except ValueError as e:
+                msg = str(e)
+                for name, flag in _EDIT_FLAGS:
+                    msg = msg.replace(name, flag)
+                raise UserError(msg) from None
+
+
 # ---------------------------------------------------------------------------------------------- edit
 @app.command("edit", epilog=EDIT_EXAMPLES)
 def edit_command(
@@ -186,6 +209,7 @@ def edit_command(
         for case in cases:
             hrv_obj.concept_index(case.concept)
     _check_replace(pipe, cases, edit)
+    _check_plans(pipe, cases, edit, steps, hrv_obj, local_blend, size)
     if dry_run:
         calls = len(cases) * len(seed_list) * (2 if hrv_obj is not None else 1)
         c0 = cases[0]
@@ -258,6 +282,16 @@ def _first(cases: list, limit: int | None) -> list:
     return cases[:limit]
 
 
+def _check_subjects(pipe, cases: list) -> None:
+    """Every --token word is found in its prompt, before anything is generated or written."""
+    from headlens.attend_excite import resolve_subjects
+    from headlens.families import family_of
+
+    layout = family_of(pipe).text_layout(pipe)
+    for case in cases:
+        resolve_subjects(layout.tokenizer, case.prompt, list(case.tokens), token_map=layout.token_map(case.prompt))
+
+
 def _differing_word(source: str, target: str) -> str:
     a, b = source.split(), target.split()
     diff = [y for x, y in zip(a, b) if x != y] if len(a) == len(b) else [w for w in b if w not in a]
@@ -317,6 +351,7 @@ def excite_command(
                 if not c:
                     raise UserError(f"token {w!r} has no concept; A&E-HRV needs WORD:CONCEPT, e.g. {w}:Animals")
                 hrv_obj.concept_index(c)
+    _check_subjects(pipe, cases)
     if dry_run:
         methods = 3 if hrv_obj is not None else 2
         c0 = cases[0]

@@ -218,7 +218,13 @@ def output_file(path: Path, flag: str = "--out", suffixes: tuple[str, ...] = (".
     if p.suffix.lower() not in suffixes:
         raise UserError(f"{flag} {str(p)!r}: the {what} is written as {suffixes[0][1:].upper()}; give a name ending "
                         f"in {' or '.join(suffixes)}")
-    output_folder(p.parent if str(p.parent) else Path("."), flag)
+    parent = p.parent if str(p.parent) else Path(".")
+    q = parent
+    while not q.exists() and q.parent != q:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        raise UserError(f"{flag} {str(p)!r}: {str(q)!r} is a file, not a folder; choose another {flag}")
+    output_folder(parent, flag)
     return p
 
 

@@ -10,6 +10,8 @@ import typer
 from . import app
 from .common import DRY_RUN_HELP, at_least, calibrate, console, echo, output_folder, report_cost, stdout
 
+DEMO_PROMPTS = 64  # prompts of the demo's HRV build
+
 DEMO_EXAMPLES = """Examples:
 
   headlens demo
@@ -37,7 +39,8 @@ def _world_available() -> bool:
 @app.command("demo", epilog=DEMO_EXAMPLES)
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for everything the demo writes."),
-    prompts: int = typer.Option(64, "--max-prompts", help="Prompts used to build the HRVs (the first N of the world's prompt set)."),
+    prompts: int = typer.Option(None, "--build-prompts", help="Prompts used to build the HRVs: the first N of the world's prompt set (default: 64)."),
+    prompts_old: int = typer.Option(None, "--max-prompts", hidden=True, help="Old name of --build-prompts."),
     steps: int = typer.Option(None, "--steps", "-n", help="Denoising steps per image (default: the bundled model's own, as every command uses)."),
     concept: str = typer.Option(DEMO_CONCEPT, "--concept", "-c", help="Concept of the ordered weakening curve."),
     weaken_prompts: int = typer.Option(16, "--weaken-prompts", help="Prompts (× 2 seeds) of the weakening curve (a seeded random subset)."),
@@ -58,11 +61,14 @@ def demo_command(
 
     from .build_cmd import _print_top_heads
     from .common import load_model
+    from .reproduce_cmd import _one_of
 
+    prompts = _one_of(prompts, prompts_old, "--build-prompts", "--max-prompts")
+    prompts = DEMO_PROMPTS if prompts is None else prompts
     steps = int(GENERATION["num_inference_steps"]) if steps is None else steps
     guidance = float(GENERATION["guidance_scale"])
     at_least(steps, 1, "--steps")
-    at_least(prompts, 1, "--max-prompts")
+    at_least(prompts, 1, "--build-prompts")
     at_least(weaken_prompts, 1, "--weaken-prompts")
     at_least(batch_size, 1, "--batch-size")
     concepts = ConceptSet.load("world")

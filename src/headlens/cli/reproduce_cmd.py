@@ -33,7 +33,7 @@ REPRODUCE_EXAMPLES = """Examples:
 
   headlens reproduce -m CompVis/stable-diffusion-v1-4 --device cuda --dry-run
 
-  headlens reproduce -m tiny --limit 8 --max-prompts 2 --limit-cases 1 --steps 2 -o reproduce-smoke
+  headlens reproduce -m tiny --build-prompts 8 --weaken-prompts 2 --limit-cases 1 --steps 2 -o reproduce-smoke
 """
 
 
@@ -46,14 +46,16 @@ def reproduce_command(
     clip: str = typer.Option("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "--clip", help="CLIP model scoring weakening, polysemy, edits and A&E: hub id or local folder (transformers CLIPModel). Default: the ViT-H-14 laion2B CLIP the paper used."),
     shard: str = typer.Option(None, "--shard", help="Do part i of N (i/N) on this machine: shard i of the HRV build, and every N-th unit of the other stages. Gather the folders into one OUT, then rerun without --shard (merges the HRV parts, writes the report)."),
     prompts: str = typer.Option("default", "--prompts", "-p", help="Prompts for the HRV build: 'default' (the 2,100 shipped prompts, as the paper) or a prompt file."),
-    limit: int = typer.Option(None, "--limit", help="HRV build: only the first N prompts (quick runs)."),
+    limit: int = typer.Option(None, "--build-prompts", help="HRV build: only the first N prompts (quick runs; as `build --max-prompts`)."),
+    limit_old: int = typer.Option(None, "--limit", hidden=True, help="Old name of --build-prompts."),
     steps: int = typer.Option(50, "--steps", "-n", help="Denoising steps of every generation (paper: 50)."),
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale (paper: 7.5)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per pipeline call (keep it when resuming)."),
     seed: int = typer.Option(22, "--seed", "-s", help="Base seed of the HRV build (paper: 22)."),
     weaken_concepts: str = typer.Option(",".join(["Image Style", "Color", "Material", "Geometric Patterns", "Weather Conditions", "Texture", "Animals", "Nature Scenes", "Fruits and Vegetables", "Plants"]), "--weaken-concepts", help="Comma list of paper concepts for ordered weakening (each has a template family)."),
     weaken_seeds: str = typer.Option("10,20,30", "--weaken-seeds", help="Seeds per weakening prompt (paper: 10,20,30)."),
-    max_prompts: int = typer.Option(None, "--max-prompts", help="Weakening: a seeded random subset of N prompts per concept (quick runs; default: all 100)."),
+    max_prompts: int = typer.Option(None, "--weaken-prompts", help="Weakening: a seeded random subset of N prompts per concept (quick runs; as `weaken --max-prompts`; default: all 100)."),
+    max_prompts_old: int = typer.Option(None, "--max-prompts", hidden=True, help="Old name of --weaken-prompts."),
     ks: str = typer.Option("default", "--ks", help="Weakening k values: 'default' (0, 1, 11, 21, …, H as the paper) or a comma list; 'H' = all heads."),
     random_draws: int = typer.Option(0, "--random-draws", help="Weakening: random head orders as a control (the paper has none: 0)."),
     seeds: str = typer.Option("1-4", "--seeds", help="Seeds of the polysemy, edit and A&E benchmarks."),
@@ -77,6 +79,8 @@ def reproduce_command(
     from headlens import reproduce as rp
     from headlens.heads import HeadIndex
 
+    limit = _one_of(limit, limit_old, "--build-prompts", "--limit")
+    max_prompts = _one_of(max_prompts, max_prompts_old, "--weaken-prompts", "--max-prompts")
     stages = rp.parse_stages(only)
     shard_spec = distributed.parse_shard(shard)
     split = [c.strip() for c in weaken_concepts.split(",") if c.strip()]
@@ -121,6 +125,13 @@ def reproduce_command(
         md, html = rp.write_report(out, settings, lambda: ClipScorer(clip, device=device), skipped)
         echo(f"wrote {md} and {html}")
         stdout(str(html))
+
+
+def _one_of(value, old, flag: str, old_flag: str):
+    """A flag given by its name or its old name (not both, differently)."""
+    if value is not None and old is not None and value != old:
+        raise UserError(f"{flag} {value} and {old_flag} {old} disagree: {old_flag} is the old name of {flag}; give one")
+    return value if value is not None else old
 
 
 def _invoke(args: list[str], what: str) -> None:

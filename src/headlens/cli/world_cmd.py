@@ -109,6 +109,7 @@ def compare_command(
     """Put the world reports of several models side by side (e.g. world=docs/world-report world-joint=docs/world-report-joint)."""
     from headlens.validation.compare import load_reports, render_comparison
 
+    output_file(markdown, "--markdown", (".md", ".markdown"), "comparison")
     folders = {}
     for spec in reports:
         name, sep, folder = spec.partition("=")
