@@ -22,7 +22,7 @@ DEMO_EXAMPLES = """Examples:
 
 # The demo's concept: the one whose ordered weakening the default model's validation report shows most
 # clearly (docs/world-report.md), so the demo's small run can show it too.
-DEMO_CONCEPT = "Color"
+DEMO_CONCEPT = "Shape"
 
 
 def demo_ks(num_heads: int) -> list[int]:

@@ -53,7 +53,8 @@ class ReportConfig:
     batch_size: int = 50
     hrv_prompts: int = 128  # world.default_prompts, split in two halves (split-half reliability)
     control_seed: int = 1234  # seed of the random-init control's UNet and text encoder
-    # Position: 40 only — the model does not follow it (docs/world.md), so its curves cannot test the HRV
+    # Position: 40 only — the joint model does not follow it (docs/world.md), so its curves cannot test the HRV;
+    # kept for the default model too, so the two models' reports compare item for item
     weaken: dict[str, int] = field(default_factory=lambda: {"Color": 200, "Shape": 200, "Size": 200, "Position": 40,
                                                             "Pattern": 200, "Background": 200})
     weaken_seeds: tuple[int, ...] = (10, 20, 30, 40)  # up to n/10 of them per concept (≥ 1)
