@@ -78,7 +78,7 @@ class UNetForwards:
 def test_build_cli_errors_are_one_line(tmp_path):
     for extra, needle in [(["--concepts", str(tmp_path / "none.toml")], "concept file"),
                           (["--prompts", str(tmp_path / "none.txt")], "prompt file"),
-                          (["--variant", "bogus"], "unknown variant"),
+                          (["--variant", "bogus"], "unknown --variant"),
                           (["--limit", "0"], "--max-prompts")]:
         p = run("build", "--model", "tiny", "--steps", "1", "--out", str(tmp_path / "o"), *extra, check=False)
         assert p.returncode == 2, p.stderr

@@ -293,6 +293,55 @@ def test_hrv_is_required_and_checked_before_the_model_loads(monkeypatch, capsys,
     assert re.search(r"\*\s+--hrv", lines[i]) and "required" in " ".join(lines[i:i + 3])
 
 
+@pytest.mark.parametrize("args, needles", [
+    (["maps", "a red car", "-w", "car", "-c", "Color"], ("--concept needs --hrv",)),
+    (["edit", "--source", "a red car", "--target", "a blue car", "--hrv", "{hrv}"], ("--hrv needs --concept",)),
+    (["excite", "a cat and a dog", "-t", "cat", "-t", "dog:Color", "--hrv", "{hrv}"], ("--token 'cat'", "WORD:CONCEPT")),
+])
+def test_what_an_hrv_needs_is_checked_before_the_model_loads(monkeypatch, capsys, tmp_path, hrv_dir, no_model, args,
+                                                             needles):
+    args = [a.format(hrv=hrv_dir) for a in args]
+    code, _, err = cli(monkeypatch, capsys, *args, "-m", "tiny", "--out", tmp_path / "o")
+    one_line_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["build", "--variant", "every"], ("unknown --variant 'every'", "reference")),
+    (["build", "--concept-keys", "x"], ("unknown --concept-keys 'x'", "probes")),
+    (["build", "--scheduler", "fast"], ("unknown --scheduler 'fast'", "ddim")),
+    (["maps", "a red car", "-w", "car", "--map-size", "0"], ("--map-size must be ≥ 1",)),
+    (["maps", "a red car", "-w", "car", "--occurrence", "-1"], ("--occurrence must be ≥ 0",)),
+    (["generate", "a red car", "-a", "red:Color:Plants", "--hrv", "{hrv}", "--cases", "x.toml"],
+     ("--cases", "--benchmark")),
+    (["edit", "--source", "a red car", "--target", "a blue car", "--max-prompts", "2"], ("--max-prompts", "--benchmark")),
+    (["excite", "a cat and a dog", "-t", "cat:Color", "--cases", "x.toml"], ("--cases", "--benchmark")),
+])
+def test_flags_are_checked_in_cli_words_before_the_model_loads(monkeypatch, capsys, tmp_path, hrv_dir, no_model, args,
+                                                               needles):
+    """Choices and flags that only apply with another flag: one line naming the flag, nothing loaded or written."""
+    args = [a.format(hrv=hrv_dir) for a in args]
+    code, _, err = cli(monkeypatch, capsys, *args, "-m", "tiny", "--out", tmp_path / "o")
+    line = one_line_error(code, err, *needles)
+    assert "concept_keys" not in line and "map size" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_build_refuses_an_earlier_checkpoint_before_the_model_loads(monkeypatch, capsys, tmp_path, no_model):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint.json").write_text("{}")
+    code, _, err = cli(monkeypatch, capsys, "build", "-m", "tiny", "--out", tmp_path / "b")
+    line = one_line_error(code, err, "--out", "add --resume")
+    assert "resume=True" not in line
+
+
+def test_maps_occurrence_that_does_not_exist_names_the_flag(monkeypatch, capsys, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "maps", "a red car", "-w", "car", "--occurrence", "3", "-m", "tiny",
+                       "--out", tmp_path / "m")
+    one_line_error(code, err, "--occurrence 3 does not exist")
+    assert not (tmp_path / "m").exists()
+
+
 def help_of(name: str) -> str:
     """`headlens NAME --help` as a 200-column terminal shows it."""
     from typer.testing import CliRunner
@@ -439,6 +488,12 @@ def test_one_default_step_count_per_model():
             if "--steps" in p.opts and name not in ("world report", "reproduce"):  # those two fix the protocol's own
                 assert p.default is None, (name, p.default)  # filled in per model, never a fixed number
                 assert "default: the model's own" in p.help or "bundled model's own" in p.help, name
+                if "default: the model's own" in p.help:  # the numbers it names are the ones used
+                    assert (f"{GENERATION['num_inference_steps']} for the bundled world models, 50 otherwise"
+                            in p.help), (name, p.help)
+            if "--guidance" in p.opts and name not in ("world report", "reproduce"):
+                assert p.default is None and (f"{GENERATION['guidance_scale']:g} for the bundled world models, 7.5 "
+                                              "otherwise") in p.help, (name, p.help)
 
 
 # ---------------------------------------------------------------------------------------------- 8. generate readings

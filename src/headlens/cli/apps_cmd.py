@@ -194,6 +194,7 @@ def edit_command(
             raise UserError("give either --source/--target or --benchmark, not both")
         cases = _first(load_edits(benchmark, _cases_path(cases_file)), limit)
     else:
+        _benchmark_only(cases_file, limit)
         if not source or not target:
             raise UserError("give --source and --target prompts (or --benchmark CONCEPT)")
         cases = [EditCase(source, target, word or "", concept or "")]
@@ -274,6 +275,13 @@ def _cases_path(path: Path | None) -> Path | None:
     return path
 
 
+def _benchmark_only(cases_file: Path | None, limit: int | None) -> None:
+    """--cases and --max-prompts only mean something with --benchmark: say so instead of ignoring them."""
+    for flag, value in (("--cases", cases_file), ("--max-prompts", limit)):
+        if value is not None:
+            raise UserError(f"{flag} applies to --benchmark runs; add --benchmark or leave {flag} out")
+
+
 def _first(cases: list, limit: int | None) -> list:
     """The first ``limit`` benchmark cases (all when None)."""
     if limit is None:
@@ -338,18 +346,23 @@ def excite_command(
             raise UserError("give either a prompt with --token or --benchmark, not both")
         cases = _first(load_multi_concept(benchmark, _cases_path(cases_file)), limit)
     else:
+        _benchmark_only(cases_file, limit)
         if not prompt or not token:
             raise UserError("give a prompt and its subjects with --token WORD:CONCEPT (or --benchmark GROUP)")
         cases = [MultiConceptCase("custom", prompt, tuple(parse_tokens(token)))]
+    if hrv is not None:
+        for case in cases:
+            for w, c in case.tokens:
+                if not c:
+                    raise UserError(f"--token {w!r} has no concept; A&E-HRV (--hrv) needs WORD:CONCEPT, e.g. "
+                                    f"{w}:Animals")
     check_hrv_dir(hrv)
     output_folder(out, create=not dry_run)
     pipe = load_model(model, device, dtype)
     hrv_obj = load_hrv(hrv, pipe)
     if hrv_obj is not None:
         for case in cases:
-            for w, c in case.tokens:
-                if not c:
-                    raise UserError(f"token {w!r} has no concept; A&E-HRV needs WORD:CONCEPT, e.g. {w}:Animals")
+            for _, c in case.tokens:
                 hrv_obj.concept_index(c)
     _check_subjects(pipe, cases)
     if dry_run:

@@ -14,6 +14,7 @@ from .common import (
     GUIDANCE_HELP,
     MODEL_HELP,
     STEPS_HELP,
+    UserError,
     at_least,
     calibrate,
     check_device,
@@ -48,6 +49,17 @@ def _print_top_heads(hrv, k: int = 5, concepts: list[str] | None = None) -> None
     for c in concepts or hrv.concepts:
         table.add_row(c, ", ".join(f"{name}: {value:.2f}" for name, value in hrv.top_heads(c, k, names="short")))
     console.print(table)
+
+
+def _check_choices(variant: str, concept_keys: str, scheduler: str | None) -> None:
+    """--variant, --concept-keys and --scheduler name known choices (before the model loads)."""
+    from headlens.building import SCHEDULERS
+    from headlens.capture import CONCEPT_KEYS, VARIANTS
+
+    for flag, value, choices in (("--variant", variant, VARIANTS), ("--concept-keys", concept_keys, CONCEPT_KEYS),
+                                 ("--scheduler", scheduler, tuple(SCHEDULERS))):
+        if value is not None and value not in choices:
+            raise UserError(f"unknown {flag} {value!r}: use one of {', '.join(choices)}")
 
 
 @app.command("build", epilog=BUILD_EXAMPLES)
@@ -101,6 +113,7 @@ def build_command(
     at_least(stable_top, 1, "--stable-top")
     at_least(top, 0, "--top")
     check_size(size)
+    _check_choices(variant, concept_keys, scheduler)
     concept_set = ConceptSet.coerce(concepts)
     prompt_list = load_prompts(prompts)
     if limit is not None:
@@ -109,6 +122,9 @@ def build_command(
     from headlens.building import check_output_dir, has_checkpoint
 
     shard_spec = distributed.parse_shard(shard)
+    if not resume and has_checkpoint(out):  # checked again by build(); here before the model loads
+        raise UserError(f"--out {str(out)!r} holds a checkpoint of an earlier build; add --resume to continue it or "
+                        "choose another --out")
     if dry_run:
         output_folder(out, create=False)
         pipe = load_model(model, device, dtype)

@@ -18,6 +18,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import typer
 from rich.console import Console
 
+from headlens.world import GENERATION as _WORLD
+
 console = Console(stderr=True)
 _show_warning = warnings.showwarning
 
@@ -41,15 +43,14 @@ MODEL_HELP = ("Hub id or local pipeline folder; 'world' = the bundled model ('wo
               "contrast), 'tiny', 'tiny-pixart', 'tiny-sd3', 'tiny-flux' = random tiny smoke-test models.")
 DEVICE_HELP = "Torch device: cpu, cuda, cuda:1, mps (checked before the model loads)."
 DTYPE_HELP = "float32, float16 or bfloat16."
-STEPS_HELP = "Denoising steps per image (default: the model's own — 50, for the bundled world models too)."
-GUIDANCE_HELP = "Classifier-free guidance scale (default: the model's own — 5 for the bundled world models, 7.5 otherwise)."
-DRY_RUN_HELP = ("Only print the number of generations and an estimated time (from a short calibration run), "
-                "then stop without writing anything.")
-
 # Default generation settings per model: the bundled world models' own good setting, the reference's for SD.
 SD_STEPS, SD_GUIDANCE = 50, 7.5
-
-
+STEPS_HELP = (f"Denoising steps per image (default: the model's own — {_WORLD['num_inference_steps']} for the bundled "
+              f"world models, {SD_STEPS} otherwise).")
+GUIDANCE_HELP = (f"Classifier-free guidance scale (default: the model's own — {_WORLD['guidance_scale']:g} for the "
+                 f"bundled world models, {SD_GUIDANCE:g} otherwise).")
+DRY_RUN_HELP = ("Only print the number of generations and an estimated time (from a short calibration run), "
+                "then stop without writing anything.")
 
 
 class UserError(Exception):

@@ -181,9 +181,15 @@ def maps_command(
         if concept is not None:
             concept = hrv.concepts[hrv.concept_index(concept)]
     ms = map_size if map_size in ("auto", "image", "latent") else _int(map_size, "--map-size")
+    if not isinstance(ms, str):
+        at_least(ms, 1, "--map-size")
+    at_least(occurrence, 0, "--occurrence")
     output_folder(out)
     pipe = load_model(model, device, dtype)
-    prompt_map(pipe, prompt).find(word, occurrence=occurrence)  # fail before generating
+    try:
+        prompt_map(pipe, prompt).find(word, occurrence=occurrence)  # fail before generating
+    except ValueError as e:
+        raise UserError(str(e).replace("; occurrence ", "; --occurrence ")) from None
     if hrv is not None:
         hrv.check_layout(pipe)
     head_list = [h.strip() for h in heads.split(",") if h.strip()] if heads else None

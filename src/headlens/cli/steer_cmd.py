@@ -315,6 +315,8 @@ def generate_command(
             raise UserError("--benchmark runs the benchmark's own prompts; leave out PROMPT, --adjust and --strengthen")
         todo = world_cases() if (is_world(model) and cases is None) else load_cases(cases)
     else:
+        if cases is not None:
+            raise UserError("--cases names a benchmark file: add --benchmark, or leave --cases out with a PROMPT")
         if prompt is None:
             raise UserError("give a PROMPT (or --benchmark)")
         if not adjusts and not strengths:
