@@ -107,9 +107,13 @@ def test_output_under_a_file_fails_before_the_model_loads(monkeypatch, capsys, t
     assert blocker.read_text() == "x"
 
 
-def test_unwritable_output_fails_before_generating(monkeypatch, capsys, no_model):
+def test_unwritable_output_fails_before_generating(monkeypatch, capsys, hrv_dir, no_model):
     code, _, err = cli(monkeypatch, capsys, *DEVICE_COMMANDS["maps"], "--out", "/proc/headlens-nope")
     one_line_error(code, err, "--out", "/proc/headlens-nope")
+    for command in ("build", "weaken", "generate"):  # a dry run checks the folder the real run would write, too
+        args = [a.format(hrv=hrv_dir) for a in DEVICE_COMMANDS[command]]
+        code, _, err = cli(monkeypatch, capsys, *args, "--dry-run", "--out", "/proc/headlens-nope/run")
+        one_line_error(code, err, "--out", "/proc/headlens-nope/run")
 
 
 def test_report_out_must_be_html(monkeypatch, capsys, tmp_path, hrv_dir):
@@ -768,6 +772,23 @@ def test_readme_picture_names_match_the_files_show_writes(hrv_dir, tmp_path):
     for folder, name in names:
         if name.lower() in ("color", "shape", "plants"):
             assert f"{folder}/{name}.png" in written, (folder, name)
+
+
+def test_example_pictures_are_described_as_made():
+    """README / docs/plots.md say the example pictures come from the default world model at its default steps with
+    its head count (docs/images/make_examples.sh makes them so)."""
+    from shipped_world import WORLD_HEADS
+
+    from headlens.world import GENERATION
+
+    root = Path(__file__).parents[1]
+    for doc in (root / "README.md", root / "docs" / "plots.md"):
+        text = doc.read_text(encoding="utf-8")
+        assert f"at its default {GENERATION['num_inference_steps']} steps" in text, doc.name
+        heads = re.findall(r"`?(?:heatmap\.png`?: |world model: 6 )concepts × (\d+) heads", text)
+        assert heads and set(heads) == {str(WORLD_HEADS)}, (doc.name, heads)
+    script = (root / "docs" / "images" / "make_examples.sh").read_text(encoding="utf-8")
+    assert "--model world " in script and "--steps" not in script  # the default model at its default steps
 
 
 @pytest.mark.parametrize("report_json", SHIPPED_REPORTS, ids=lambda p: p.parent.name)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the example pictures of docs/plots.md from the bundled world model (CPU, ~10 minutes).
+# Regenerate the example pictures of docs/plots.md from the bundled world model (CPU, ~5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HRV=${HRV:-/tmp/hrv-world}

@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -180,10 +181,13 @@ def output_folder(path: Path, flag: str = "--out", create: bool = True) -> Path:
         p = p.parent
     if p.exists() and not p.is_dir():
         raise UserError(f"{flag} {str(d)!r}: {str(p)!r} is a file, not a folder; choose another {flag}")
-    if not create:
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write to {flag} folder {str(d)!r} ({str(p)!r} is not writable); choose a "
-                            f"writable {flag}")
+    if not create:  # a dry run: an anonymous temporary file (gone when closed) tests the nearest existing folder
+        try:
+            with tempfile.TemporaryFile(dir=p):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write to {flag} folder {str(d)!r} ({str(p)!r}: {e.strerror or e}); choose a "
+                            f"writable {flag}") from None
         return d
     try:
         d.mkdir(parents=True, exist_ok=True)
