@@ -534,6 +534,32 @@ def test_generate_reports_readings_per_seed(monkeypatch, capsys, tmp_path, hrv_d
     assert run["model"] == "tiny"
 
 
+def test_generate_without_a_reader_says_how_much_the_pixels_changed(monkeypatch, capsys, tmp_path, hrv_dir):
+    """No scorer (tiny model, --scorer auto): the mean pixel change per seed, from the saved images, and a hint."""
+    from PIL import Image
+
+    out = tmp_path / "g"
+    code, stdout, err = cli(monkeypatch, capsys, "generate", "a red car", "-a", "red:Color:Plants", "--hrv", hrv_dir,
+                            "-m", "tiny", "-n", "2", "-s", "1,2", "--out", out)
+    assert code == 0, err
+    run = json.loads((out / "run.json").read_text())
+    change = []
+    for s in (1, 2):  # the slow way: every pixel and channel of the saved PNGs
+        a = Image.open(out / "plain" / f"seed{s}.png").convert("RGB")
+        b = Image.open(out / "steered" / f"seed{s}.png").convert("RGB")
+        total = sum(abs(int(a.getpixel((x, y))[c]) - int(b.getpixel((x, y))[c]))
+                    for x in range(a.width) for y in range(a.height) for c in range(3))
+        change.append(total / (a.width * a.height * 3))
+    assert run["pixel_change"]["seeds"] == [1, 2]
+    assert run["pixel_change"]["mean_abs_255"] == pytest.approx(change, abs=1e-9)
+    mean = sum(change) / 2
+    lines = err.strip().splitlines()
+    assert lines[-2] == (f"steered vs plain: pixels changed by {mean:.2f}/255 on average (seed 1: {change[0]:.2f}, "
+                         f"seed 2: {change[1]:.2f})")
+    assert "readings" not in run and "--scorer clip:MODEL" in lines[-1]
+    assert stdout.strip() == str(out / "grid.png")  # stdout: the picture's path only, for scripts
+
+
 # ---------------------------------------------------------------------------------------------- 6. README examples
 def _readme_command(name: str, contains: str = "") -> list[str]:
     """The README's first `headlens NAME ...` example line that contains `contains`."""

@@ -25,6 +25,7 @@ from .common import (
     check_fresh,
     check_hrv_dir,
     check_size,
+    console,
     echo,
     generation_defaults,
     is_world,
@@ -249,6 +250,15 @@ def _involved(hrv, adj, st) -> list[str]:
     return names
 
 
+def pixel_change(a, b) -> float:
+    """Mean absolute difference of two images' RGB values, on the 0–255 scale."""
+    import numpy as np
+
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    return float(np.abs(x - y).mean())
+
+
 def _reader(spec: str, model: str, device: str):
     """None, or a function (concepts, hrv) -> reading object, from --scorer."""
     spec = spec.strip()
@@ -365,6 +375,16 @@ def generate_command(
                "generation": {"num_inference_steps": steps, "guidance_scale": guidance, "size": size}}
         entry = {"prompt": text, "folder": str(folder), "grid": str(folder / "grid.png")}
         stdout(str(folder / "grid.png"))
+        change = [pixel_change(p_, q) for p_, q in zip(plain, steered)]
+        run["pixel_change"] = {"seeds": seed_list, "mean_abs_255": change}
+        entry["pixel_change"] = sum(change) / len(change)
+        console.print(f"steered vs plain: pixels changed by {entry['pixel_change']:.2f}/255 on average ("
+                      + ", ".join(f"seed {s}: {c:.2f}" for s, c in zip(seed_list, change)) + ")", highlight=False,
+                      soft_wrap=True)
+        if reader_for is None and n == 0:
+            console.print("note: no reader of what the images show for this model; add --scorer clip:MODEL to read "
+                          "each image and count the seeds whose reading steering changed", highlight=False,
+                          soft_wrap=True)
         if reader_for is not None:
             reader = reader_for(_involved(hrv, adj, st), hrv)
             cmp = compare_readings(seed_list, reader.read(plain), reader.read(steered))
