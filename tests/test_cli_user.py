@@ -147,6 +147,10 @@ def test_report_out_under_a_file_names_the_file(monkeypatch, capsys, tmp_path, h
     (["edit", "--source", "a red car", "--target", "a blue car", "-c", "Color", "--hrv", "{hrv}", "--word", "green"],
      ("'green'", "a blue car")),
     (["excite", "a cat and a dog", "-t", "cat:Color", "-t", "zebra:Color"], ("'zebra'", "a cat and a dog")),
+    (["excite", "a cat and a dog", "-t", "cat", "-t", "dog", "--resolution", "3"],
+     ("--resolution 3", "give --resolution as one of those")),
+    (["validate", "-c", "Color", "--hrv", "{hrv}", "--heads", "top:x"], ("bad --heads 'top:x'", "top:N")),
+    (["maps", "a red car", "-w", "car", "--heads", "99"], ("bad --heads '99'", "out of range")),
 ])
 def test_words_are_checked_before_anything_is_generated(monkeypatch, capsys, tmp_path, hrv_dir, args, needles):
     """Words the run needs (--local-blend, --word, --token) are resolved after the model loads but before any image
@@ -155,7 +159,7 @@ def test_words_are_checked_before_anything_is_generated(monkeypatch, capsys, tmp
     args = [a.format(hrv=hrv_dir) for a in args]
     code, _, err = cli(monkeypatch, capsys, *args, "-m", "tiny", "-n", "1", "-s", "1", "--out", out)
     line = one_line_error(code, err, *needles)
-    assert "local_blend" not in line
+    assert "local_blend" not in line and "layers='all'" not in line
     assert not (tmp_path / "new").exists()
 
 

@@ -290,14 +290,23 @@ def _first(cases: list, limit: int | None) -> list:
     return cases[:limit]
 
 
-def _check_subjects(pipe, cases: list) -> None:
-    """Every --token word is found in its prompt, before anything is generated or written."""
-    from headlens.attend_excite import resolve_subjects
+def _check_subjects(pipe, cases: list, resolution: int | None, size: int | None) -> None:
+    """Every --token word is found in its prompt and --resolution exists, before anything is generated or written."""
+    from headlens.attend_excite import resolve_subjects, select_layers
     from headlens.families import family_of
+    from headlens.heads import HeadIndex
 
-    layout = family_of(pipe).text_layout(pipe)
+    family = family_of(pipe)
+    layout = family.text_layout(pipe)
     for case in cases:
         resolve_subjects(layout.tokenizer, case.prompt, list(case.tokens), token_map=layout.token_map(case.prompt))
+    if resolution is not None:
+        h, w = family.generation_size(pipe, size, size)
+        try:
+            select_layers(HeadIndex.from_model(pipe), family.latent_size(pipe, h, w), resolution, None, False)
+        except ValueError as e:
+            raise UserError(str(e).replace("at resolution", "at --resolution")
+                            .replace("pick one of those or layers='all'", "give --resolution as one of those")) from None
 
 
 def _differing_word(source: str, target: str) -> str:
@@ -364,7 +373,7 @@ def excite_command(
         for case in cases:
             for _, c in case.tokens:
                 hrv_obj.concept_index(c)
-    _check_subjects(pipe, cases)
+    _check_subjects(pipe, cases, resolution, size)
     if dry_run:
         methods = 3 if hrv_obj is not None else 2
         c0 = cases[0]

@@ -197,7 +197,10 @@ def maps_command(
         from headlens.heads import HeadIndex
 
         index = HeadIndex.from_model(pipe)
-        head_list = [index.resolve(h) for h in head_list]  # unknown heads fail before generating
+        try:
+            head_list = [index.resolve(h) for h in head_list]  # unknown heads fail before generating
+        except (KeyError, ValueError, IndexError) as e:
+            raise UserError(f"bad --heads {heads!r}: {e.args[0] if e.args else e}") from None
     echo(f"generating {prompt!r} (seed {seed}, {steps} steps) and mapping {word!r} at every head")
     result = head_maps(pipe, prompt, word, seed=seed, num_inference_steps=steps, guidance_scale=guidance,
                        height=size, width=size, occurrence=occurrence, map_size=ms)

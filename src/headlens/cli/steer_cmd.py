@@ -138,11 +138,17 @@ def parse_heads(spec: str, hrv, concept: str, heads) -> list[int] | str:
         if m:
             ranking = hrv.ranking(concept)
             chosen = ranking[: int(m.group(2))] if m.group(1) == "top" else ranking[::-1][: int(m.group(2))]
-        elif re.fullmatch(r"\d+-\d+", part):
-            lo, hi = (int(x) for x in part.split("-"))
-            chosen = [heads.resolve(i) for i in range(lo, hi + 1)]
         else:
-            chosen = [heads.resolve(part)]
+            try:
+                if re.fullmatch(r"\d+-\d+", part):
+                    lo, hi = (int(x) for x in part.split("-"))
+                    chosen = [heads.resolve(i) for i in range(lo, hi + 1)]
+                else:
+                    chosen = [heads.resolve(part)]
+            except (KeyError, ValueError, IndexError) as e:
+                msg = e.args[0] if e.args else str(e)
+                raise UserError(f"bad --heads {spec!r}: {msg}; or use all, top:N, bottom:N or a range such as 0-9"
+                                ) from None
         out.extend(h for h in chosen if h not in out)
     if not out:
         raise UserError(f"bad --heads {spec!r}: it names no head")
