@@ -29,13 +29,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--hrv", default="docs/world-report/hrv", help="HRV folder (the report's)")
+    ap.add_argument("--variant", default="default", help="shipped world model: default or joint")
+    ap.add_argument("--hrv", default=None, help="HRV folder (default: the model's report's, docs/world-report[-joint]/hrv)")
     ap.add_argument("--doc", default="docs/world.md")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    pipe = load_pipeline()
+    pipe = load_pipeline(variant=a.variant)
+    if a.hrv is None:
+        a.hrv = "docs/world-report-joint/hrv" if a.variant == "joint" else "docs/world-report/hrv"
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     reader = Scorer()
     hrv = headlens.HRV.load(a.hrv, pipe)

@@ -12,7 +12,7 @@ import pytest
 from headlens.validation import render_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT_DIR = ROOT / "docs" / "world-report-joint"
+REPORT_DIR = ROOT / "docs" / "world-report"  # the default model's report
 
 
 @pytest.fixture(scope="module")
@@ -64,77 +64,92 @@ def test_world_report_markdown_is_rendered_from_its_json(tmp_path, folder):
 
 
 def test_readme_world_numbers_come_from_report_json(report):
+    """Every number of the README's world-numbers block (the default model) is its report.json's, as printed."""
     text = block("world-numbers")
+    joint = json.loads((ROOT / "docs" / "world-report-joint" / "report.json").read_text(encoding="utf-8"))
     cfg, hrv, w, eff = report["config"], report["hrv"], report["weakening"], report["effects"]["concepts"]
     ks = w["ks"]
     H = hrv["num_heads"]
 
-    def curve(concept: str, k: int) -> tuple[str, str, str]:
+    def curve(concept: str, k: int) -> str:
         t = w["concepts"][concept]["tokens"]["words"]["curves"]
-        i = ks.index(k)
-        return tuple(num(t[o]["mean"][i]) for o in ("morhf", "random", "lerhf"))
+        return " / ".join(num(t[o]["mean"][ks.index(k)]) for o in ("morhf", "random", "lerhf"))
+
+    def mean(d: dict) -> float:
+        return sum(d.values()) / len(d)
 
     spear = hrv["trained_vs_control_spearman"].values()
     color, shape = eff["Color"], eff["Shape"]
-    hub = color["largest_effects"][0]
-    positive = sum(e for e in color["effects"] if e > 0)
+    chub, shub = color["largest_effects"][0], shape["largest_effects"][0]
     poly, hard = report["polysemy"], report["polysemy_hard"]
     p2p, ae = report["p2p"]["methods"], report["ae"]
+    S = w["concepts"]["Shape"]["tokens"]
+    pos = w["concepts"]["Position"]["tokens"]
+    am, jam = report["attention_mass"]["overall"], joint["attention_mass"]["overall"]
     items = {c: v["items"] for c, v in w["concepts"].items()}
     want = [
         f"{cfg['steps']} DDIM steps, CFG {cfg['guidance']:g}",
-        f"top-concept vote share per head {ci(hrv['trained']['concentration'])} vs "
-        f"{ci(hrv['control']['concentration'])}",
+        f"top-concept vote share per head {ci(hrv['trained']['concentration'])} vs {ci(hrv['control']['concentration'])}",
         f"Spearman {num(min(spear))}…{num(max(spear))} per concept",
+        f"mean ρ {num(mean(hrv['trained']['empty_prompt_spearman']))}; control "
+        f"{num(mean(hrv['control']['empty_prompt_spearman']))}",
         f"k = {', '.join(map(str, ks))} heads",
-        "({} → {} / {} / {} at k = 6".format(num(w["concepts"]["Size"]["tokens"]["words"]["curves"]["morhf"]["mean"][0]),
-                                            *curve("Size", 6)),
-        f"area random − MoRHF {ci(w['concepts']['Size']['tokens']['words']['area_random_morhf'])}",
-        "at k = 20: {} / {} / {}".format(*curve("Shape", 20)),
-        "Color at k = 6: {} / {} / {}".format(*curve("Color", 6)),
-        f"{items['Color']} prompt × seed items per concept (Position: {items['Position']}",
-        f"{round(100 * report['attention_mass']['overall']['pad'])} % of the attention mass sits on padding tokens",
+        f"at k = 20: {curve('Shape', 20)}; area random − MoRHF {ci(S['words']['area_random_morhf'])}, "
+        f"LeRHF − random {ci(S['words']['area_lerhf_random'])}; with `words+end` {ci(S['words+end']['area_random_morhf'])}",
+        f"Color at k = 20: {curve('Color', 20)}",
+        f"{items['Color']} prompt × seed items per concept (Position: {items['Position']})",
+        f"every word column at every head ({pct(pos['words']['all_heads']['mean'])}) and falls to "
+        f"{pct(pos['words+end']['all_heads']['mean'])} only when",
+        f"{pct(am['words'])} on the prompt's words, {pct(am['pad'])} on padding tokens (the joint model: "
+        f"{pct(jam['words'])} and {pct(jam['pad'])})",
         f"({color['items']} items × {color['heads']} heads per concept)",
         f"Spearman {ci(color['spearman'])} (Color), {ci(shape['spearman'])} (Shape), permutation p "
         f"{color['spearman_p_perm']:.2f} / {shape['spearman_p_perm']:.2f}",
-        f"weakening `{hub['head']}` alone takes {round(100 * hub['effect'] / positive)} % of the summed positive "
-        f"Color effect (the top three {round(100 * color['top3_share_of_positive_effect'])} %)",
-        f"the Color HRV ranks it {ordinal(hub['hrv_rank'])} of {H}",
+        f"`{shub['head']}`, is its HRV's {ordinal(shub['hrv_rank'])}",
+        f"`{chub['head']}`, is {ordinal(chub['hrv_rank'])} of {H}",
+        f"carry {round(100 * color['top3_share_of_positive_effect'])} % of its summed positive effect",
         f"at guidance {poly['guidance']:g} the fruit misreading is rare ({pct(poly['conditions']['plain']['fruit']['mean'])})",
-        f"at guidance {hard['guidance']:g} it is real ({pct_ci(hard['conditions']['plain']['fruit'])})",
-        f"does not change it ({pct_ci(hard['fruit_differences']['adjust'], sign=True)})",
-        f"success {pct(p2p['P2P']['success']['mean'])} vs {pct(p2p['P2P-HRV']['success']['mean'])}, other attributes "
-        f"kept {pct(p2p['P2P']['all_kept']['mean'])} vs {pct(p2p['P2P-HRV']['all_kept']['mean'])}",
+        f"'an orange circle' at guidance {hard['guidance']:g} ({pct_ci(hard['conditions']['plain']['fruit'])}; the joint "
+        f"model: {pct(joint['polysemy_hard']['conditions']['plain']['fruit']['mean'])})",
+        f"little to fix ({pct_ci(hard['fruit_differences']['adjust'], sign=True)})",
+        f"colour edits ({report['p2p']['items']}): success {pct(p2p['P2P']['success']['mean'])} vs "
+        f"{pct(p2p['P2P-HRV']['success']['mean'])} (P2P-HRV − P2P {pct_ci(report['p2p']['success_diff_hrv_minus_p2p'], sign=True)})",
+        f"other attributes kept {pct(p2p['P2P']['all_kept']['mean'])} vs {pct(p2p['P2P-HRV']['all_kept']['mean'])}",
         f"({ae['items']} prompts), an object missing: SD {pct(ae['methods']['SD']['object_missing']['mean'])}, "
         f"A&E {pct(ae['methods']['A&E']['object_missing']['mean'])}, "
         f"A&E-HRV {pct(ae['methods']['A&E-HRV']['object_missing']['mean'])}",
-        f"A&E fixes neglect ({pct_ci(ae['diff_ae_minus_sd'], sign=True)})",
-        f"adds nothing ({pct_ci(ae['diff_hrv_minus_ae'], sign=True)})",
-        f"{H} heads with a few hub heads",
+        f"neither A&E ({pct_ci(ae['diff_ae_minus_sd'], sign=True)}) nor A&E-HRV ({pct_ci(ae['diff_hrv_minus_ae'], sign=True)})",
+        f"({pct(jam['end'] + jam['pad'])} → {pct(am['end'] + am['pad'])} on end + padding tokens)",
     ]
     missing = [s for s in want if s not in text]
     assert not missing, f"README world-numbers block does not say (from docs/world-report/report.json): {missing}"
-    # the two numbers of the polysemy bullet that come from docs/world.md's experiment table, not the report
-    world_md = (ROOT / "docs" / "world.md").read_text(encoding="utf-8")
-    for label, value in (("'orange' column × 0 at every head |", "leaves {} %"),
-                         ("adjust 'orange' toward Color, away from Shape (words+end) |", "halves it ({} %)")):
-        row = next(line for line in world_md.splitlines() if label in line)
-        measured = row.split("|")[2].split("%")[0].strip()
-        assert value.format(measured) in text, (label, measured)
 
 
-def test_readme_world_summary_matches_the_verdicts():
-    """The one-paragraph summary names exactly the concepts the report's verdicts validate and contradict."""
-    verdicts = {}
-    report_md = (ROOT / "docs" / "world-report-joint.md").read_text(encoding="utf-8")
-    for line in report_md.split("**Verdict.**", 1)[1].split("\n\n", 2)[1].splitlines():
+def _verdicts(report_md: Path) -> dict[str, list[str]]:
+    """Concepts by overall weakening verdict, as the report's Verdict list states them."""
+    verdicts: dict[str, list[str]] = {}
+    text = report_md.read_text(encoding="utf-8")
+    for line in text.split("**Verdict.**", 1)[1].split("\n\n", 2)[1].splitlines():
         m = re.match(r"- (\w+) \(n=\d+\): .*?\((validated by weakening|partial|contradicted)\)", line)
         if m:
             verdicts.setdefault(m.group(2), []).append(m.group(1))
+    return verdicts
+
+
+def _names(group: str) -> list[str]:
+    return [x for x in re.split(r",\s*|\s+and\s+", group) if x]
+
+
+@pytest.mark.parametrize("report_md", ["world-report.md", "world-report-joint.md"])
+def test_readme_world_summary_matches_the_verdicts(report_md):
+    """The summary paragraph names exactly the concepts each model's report validates and contradicts."""
+    verdicts = _verdicts(ROOT / "docs" / report_md)
     assert verdicts["validated by weakening"] and verdicts["contradicted"]
     text = block("world-summary")
-    m = re.search(r"validated by weakening for (.+?), partly for (.+?), and contradicted for (.+?)(?:[;.]|, and )", text)
-    assert m, text
-    named = [re.split(r",\s*|\s+and\s+", g) for g in m.groups()]
-    assert named[0] == verdicts["validated by weakening"] and named[2] == verdicts["contradicted"]
-    assert set(named[1]) <= set(verdicts.get("partial", []))
+    after = text.split(f"(docs/{report_md})", 1)[1]
+    m = re.match(r"(?:its HRVs are |is )?validated by weakening for (.+?)(?:, partly for (.+?))?,? and "
+                 r"contradicted for (.+?)\.", after.lstrip(") :,"))
+    assert m, after[:300]
+    assert _names(m.group(1)) == verdicts["validated by weakening"]
+    assert _names(m.group(3)) == verdicts["contradicted"]
+    assert set(_names(m.group(2) or "")) == set(verdicts.get("partial", []))

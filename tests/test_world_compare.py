@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from headlens.cli import app
 from headlens.cli.common import UserError
-from headlens.validation.compare import render_comparison, weakening_verdict
+from headlens.validation.compare import DESCRIPTIONS, render_comparison, weakening_verdict
 from headlens.validation.markdown import _f
 
 REPORT = Path(__file__).parents[1] / "docs" / "world-report-joint" / "report.json"  # any full report serves as data
@@ -68,3 +68,29 @@ def test_compare_cli(tmp_path) -> None:
     assert isinstance(bad.exception, UserError) and str(bad.exception).startswith("no report.json in")
     bad = CliRunner().invoke(app, ["world", "compare", "justafolder"])
     assert isinstance(bad.exception, UserError) and "give NAME=FOLDER" in str(bad.exception)
+
+
+def test_at_a_glance_groups_match_each_shipped_report_verdicts() -> None:
+    """The 'At a glance' groups of docs/world-regimes.md are the verdicts each shipped report's Markdown prints."""
+    import re
+
+    from headlens.validation.compare import summary
+
+    docs = Path(__file__).parents[1] / "docs"
+    names = {"validated by weakening": "validated", "partial": "partial", "contradicted": "contradicted"}
+    for folder in sorted(docs.glob("world-report*/report.json")):
+        md = folder.parent.with_suffix(".md").read_text(encoding="utf-8")
+        stated: dict[str, list[str]] = {}
+        for line in md.split("**Verdict.**", 1)[1].split("\n\n", 2)[1].splitlines():
+            m = re.match(r"- (\w+) \(n=\d+\): .*?\((validated by weakening|partial|contradicted)\)", line)
+            if m:
+                stated.setdefault(names[m.group(2)], []).append(m.group(1))
+        s = summary(json.loads(folder.read_text()))
+        for key in names.values():
+            assert s[key] == stated.get(key, []), (folder.parent.name, key)
+        overall = json.loads(folder.read_text())["attention_mass"]["overall"]
+        assert abs(s["end_pad"] - overall["end"] - overall["pad"]) < 1e-12
+    regimes = (docs / "world-regimes.md").read_text(encoding="utf-8")
+    reports = {n: json.loads((docs / d / "report.json").read_text()) for n, d in
+               (("world", "world-report"), ("world-joint", "world-report-joint"))}
+    assert render_comparison(reports, DESCRIPTIONS) == regimes, "re-run `headlens world compare` (README command)"

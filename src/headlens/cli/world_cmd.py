@@ -107,7 +107,7 @@ def compare_command(
     markdown: Path = typer.Option(Path("docs/world-regimes.md"), "--markdown", help="Markdown file to write."),
 ) -> None:
     """Put the world reports of several models side by side (e.g. world=docs/world-report world-joint=docs/world-report-joint)."""
-    from headlens.validation.compare import load_reports, render_comparison
+    from headlens.validation.compare import DESCRIPTIONS, load_reports, render_comparison
 
     output_file(markdown, "--markdown", (".md", ".markdown"), "comparison")
     folders = {}
@@ -120,9 +120,6 @@ def compare_command(
         loaded = load_reports(folders)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
-    descriptions = {"world": "the default model: text encoder = the world CLIP's text tower, pre-trained apart and "
-                    "frozen while the UNet trained (Stable Diffusion's regime)",
-                    "world-joint": "the first model: text encoder trained jointly with the UNet from scratch"}
     markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(render_comparison(loaded, descriptions))
+    markdown.write_text(render_comparison(loaded, DESCRIPTIONS))
     echo(f"wrote {markdown}")

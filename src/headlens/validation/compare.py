@@ -7,9 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..analysis.verdict import weakening_verdict as overall_verdict
 from .markdown import _f, _follows, _pct, _sign
 
 TOKEN_CLASSES = ("start", "words", "end", "pad")
+# what `headlens world compare` says of the shipped models it knows by name
+DESCRIPTIONS = {"world": "the default model: text encoder = the world CLIP's text tower, pre-trained apart and frozen "
+                         "while the UNet trained (Stable Diffusion's regime)",
+                "world-joint": "the first model: text encoder trained jointly with the UNet from scratch"}
 
 
 def load_reports(folders: dict[str, str | Path]) -> dict[str, dict]:
@@ -38,6 +43,31 @@ def weakening_verdict(c: dict, tok: str) -> str:
     if low > 0:
         return "partial (bottom heads safer than random)"
     return "no difference from random"
+
+
+def summary(r: dict) -> dict[str, object]:
+    """What a report says at a glance: end+pad attention share and the concepts by overall verdict."""
+    m = _get(r, "attention_mass", "overall") or {}
+    out: dict[str, object] = {"end_pad": (m["end"] + m["pad"]) if m else None, "words": m.get("words")}
+    groups: dict[str, list[str]] = {"validated": [], "partial": [], "contradicted": [], "no difference": [],
+                                    "not followed": [], "words bypassed": []}
+    for c, cc in r["weakening"]["concepts"].items():
+        if not _follows(cc):
+            groups["not followed"].append(c)
+            continue
+        v = overall_verdict(cc["tokens"])
+        key = ("validated" if "(validated by weakening)" in v else "contradicted" if "(contradicted)" in v
+               else "partial" if "(partial)" in v else "no difference")
+        groups[key].append(c)
+        w = cc["tokens"].get("words")
+        if w and w["all_heads"]["mean"] > cc["chance"] + 0.2:
+            groups["words bypassed"].append(c)
+    out.update(groups)
+    return out
+
+
+def _names(xs) -> str:
+    return ", ".join(xs) if xs else "—"
 
 
 def _row(label: str, cells: list[str]) -> str:
@@ -70,6 +100,17 @@ def render_comparison(reports: dict[str, dict], descriptions: dict[str, str] | N
     L.append(_row("heads", [str(_get(r, "hrv", "num_heads")) for r in rs]))
     L.append(_row("UNet parameters", [f"{_get(r, 'model_info', 'unet_parameters') or 0:,}" for r in rs]))
     L.append(_row("text encoder parameters", [f"{_get(r, 'model_info', 'text_encoder_parameters') or 0:,}" for r in rs]))
+    S = [summary(r) for r in rs]
+    L += ["", "## At a glance", "",
+          "Concepts grouped by the verdict of `headlens.analysis.verdict.weakening_verdict` over both token sets "
+          "(the report's own verdict: validated only when the HRV's top heads hurt more than random heads under "
+          "every token set); *words bypassed*: with every word column weakened at every head the concept is "
+          "still drawn (accuracy > chance + 20 points), so it reaches the image through other tokens.", ""]
+    L += _header(names)
+    L.append(_row("attention on end + padding tokens", [_pct(s["end_pad"]) for s in S]))
+    L.append(_row("attention on the prompt's words", [_pct(s["words"]) for s in S]))
+    for key in ("validated", "partial", "contradicted", "no difference", "not followed", "words bypassed"):
+        L.append(_row(key, [_names(s[key]) for s in S]))
     L += ["", "## Where the conditional cross-attention goes", "",
           "Share of the conditional cross-attention probability per token class (all layers, heads, steps):", ""]
     L += _header(names)

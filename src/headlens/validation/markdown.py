@@ -534,7 +534,7 @@ def _interpretation(r: dict) -> str:
     size = (f"a UNet of {info['unet_parameters'] / 1e6:.2f} M parameters and a text encoder of "
             f"{info['text_encoder_parameters'] / 1e6:.2f} M, " if info else "")
     validated = [k for k, cc in w["concepts"].items()
-                 if _follows(cc) and weakening_verdict(cc["tokens"]).endswith("(validated by weakening)")]
+                 if _follows(cc) and "(validated by weakening)" in weakening_verdict(cc["tokens"])]
     others = [k for k, cc in w["concepts"].items() if _follows(cc) and k not in validated]
     if not others:
         L.append("")
@@ -575,8 +575,11 @@ def _reproduce(r: dict) -> str:
         n = _images(r, k)
         parts.append(f"{k} {v / 60:.1f} min" + (f" ({n} images)" if n else ""))
     parts = ", ".join(parts)
-    return ("## Reproduce\n\n```bash\nheadlens world report --out docs/world-report      # ≈ "
-            f"{s.get('total', 0) / 60:.0f} min on this machine\nheadlens world report --quick --out /tmp/wr   # "
-            "smoke run\nheadlens world report --out docs/world-report --resume        # after an interruption\n"
-            "headlens world report --out docs/world-report --render-only   # Markdown from report.json\n```\n\n"
+    joint = "joint" in str(r.get("model", ""))
+    run = "headlens world report" + (" --model world-joint" if joint else "")
+    folder = "docs/world-report-joint" if joint else "docs/world-report"
+    return (f"## Reproduce\n\n```bash\n{run} --out {folder}      # ≈ "
+            f"{s.get('total', 0) / 60:.0f} min on this machine\n{run} --quick --out /tmp/wr   # "
+            f"smoke run\n{run} --out {folder} --resume        # after an interruption\n"
+            f"headlens world report --out {folder} --render-only   # Markdown from report.json\n```\n\n"
             f"Time per section: {parts}.\n")
