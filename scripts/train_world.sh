@@ -10,7 +10,8 @@
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
 #   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet1/pipeline/. src/headlens/world/model/
-# A further stage would continue from stage 3 with --init-from OUT/unet1/pipeline (a second cosine cycle).
+#   4. (candidate, not shipped yet) a second cosine cycle from stage 3, new renders (seed 1)  (55 min budget)
+#      run with FIRST_STAGE=4; result and its quality in candidates/world-stage4/
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
 set -euo pipefail
@@ -22,4 +23,6 @@ T="--threads 1"
 [ "$FIRST" -le 2 ] && $PY -m headlens.world.train --out "$OUT/vae" --seed 0 --n-images 60000 --vae-steps 1000 --unet-steps 0 --minutes 20
 [ "$FIRST" -le 3 ] && $PY -m headlens.world.train --out "$OUT/unet1" --seed 0 --n-images 60000 --vae-from "$OUT/vae/pipeline" \
     --text-encoder-from "$OUT/clip/clip" --arch sd --unet-steps 12000 --lr 8e-4 --minutes 95 $T
-echo "done: $OUT/unet1/pipeline"
+[ "$FIRST" -eq 4 ] && $PY -m headlens.world.train --out "$OUT/unet2" --seed 1 --n-images 60000 --vae-from "$OUT/unet1/pipeline" \
+    --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet1/pipeline" --arch sd --unet-steps 6000 --lr 3e-4 --minutes 55 $T
+echo "done: $OUT/unet1/pipeline (stage 4: $OUT/unet2/pipeline)"
