@@ -266,14 +266,7 @@ class SteeringPlugin(Plugin):
             return
         if self.captures is not None:
             captured = self._captured_maps()
-            maps = self.token_maps if self._prompt is not None or captured is None else captured
-            if maps is None:
-                if self.interventions:
-                    raise ValueError("steering cannot see the prompt (the pipeline got prompt_embeds?); "
-                                     "set it with steer(pipe, hrv, prompt=...) or s.prompt = ...")
-                return
-            if maps is not self.token_maps or any(iv._masks is None for iv in self.interventions):
-                self._set_token_maps(list(maps))
+            self._use_maps(self.token_maps if self._prompt is not None or captured is None else captured)
             return
         ids = self.capture.take() if self.capture is not None else None
         if self.second is not None:
@@ -286,6 +279,10 @@ class SteeringPlugin(Plugin):
             maps = [token_map_from_ids(self.tokenizer, row) for row in ids]
         else:
             maps = self.token_maps  # same prompt as the previous run (e.g. prompt_embeds reused)
+        self._use_maps(maps)
+
+    def _use_maps(self, maps) -> None:
+        """Install the prompt's token maps (or refuse when interventions need them and none are known)."""
         if maps is None:
             if self.interventions:
                 raise ValueError("steering cannot see the prompt (the pipeline got prompt_embeds?); "
