@@ -91,6 +91,31 @@ def test_sampled_captions_round_trip() -> None:
         render(cap, seed=0)
 
 
+def test_caption_mix() -> None:
+    """The caption mix of later training stages: defaults draw exactly the first stages' captions; each knob moves
+    its own share (counted by parsing the captions) and nothing else breaks the grammar."""
+    r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
+    assert [sample_caption(r1) for _ in range(500)] == [
+        sample_caption(r2, p_two=0.4, p_pattern=0.4, orange_weight=0.4) for _ in range(500)]
+
+    def shares(**mix):
+        rng = np.random.default_rng(11)
+        scenes = [parse_caption(sample_caption(rng, **mix)) for _ in range(3000)]
+        objs = [o for sc in scenes for o in sc.objects if o.shape != "orange"]
+        two = np.mean([len(sc.objects) == 2 for sc in scenes])
+        pattern = np.mean([o.pattern in ("striped", "dotted") for o in objs])
+        coloured = [o.color for o in objs if o.color]
+        return two, pattern, coloured.count("orange") / len(coloured)
+
+    two, pattern, orange = shares()
+    assert abs(two - 0.4) < 0.04 and abs(pattern - 0.4) < 0.04
+    two, pattern, orange2 = shares(p_two=0.65, p_pattern=0.6, orange_weight=0.2)
+    assert abs(two - 0.65) < 0.04 and abs(pattern - 0.6) < 0.04 and orange2 < 0.7 * orange
+    assert shares(p_two=1.0)[0] == 1.0 and shares(p_pattern=0.0)[1] == 0.0
+    with pytest.raises(ValueError, match="p_pattern"):
+        sample_caption(np.random.default_rng(0), p_pattern=0.95)
+
+
 def test_tokenizer_single_tokens(tmp_path) -> None:
     from transformers import CLIPTokenizer
 
@@ -170,7 +195,8 @@ def test_training_stages_chain(tmp_path) -> None:
     first = main(["--out", str(tmp_path / "main"), "--vae-from", str(vae), "--unet-steps", "2", *small])
     # lr 0: the fine-tune must start from exactly the first stage's (EMA) weights and keep them
     tuned = main(["--out", str(tmp_path / "ft"), "--vae-from", str(vae), "--init-from", str(first),
-                  "--unet-steps", "2", "--lr", "0", *small])
+                  "--unet-steps", "2", "--lr", "0", "--p-two", "0.65", "--p-pattern", "0.6", "--orange-weight", "0.2",
+                  *small])
     import json
 
     assert json.loads((tmp_path / "vae" / "train_info.json").read_text())["unet_steps_done"] == 0
@@ -179,7 +205,8 @@ def test_training_stages_chain(tmp_path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), w
     v0, v1 = (load_file(str(d / "vae/diffusion_pytorch_model.safetensors")) for d in (vae, tuned))
     assert v0.keys() == v1.keys() and all(torch.equal(v0[k], v1[k]) for k in v0)  # the VAE is reused as is
-    assert "initialised UNet and text encoder from" in (tmp_path / "ft" / "train.log").read_text()
+    log = (tmp_path / "ft" / "train.log").read_text()
+    assert "initialised UNet and text encoder from" in log and "'p_two': 0.65" in log
 
 
 def test_shipped_model_follows_prompts(scorer) -> None:

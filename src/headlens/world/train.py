@@ -50,10 +50,11 @@ class Log:
             f.write(line + "\n")
 
 
-def make_dataset(n: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """n (caption, render) pairs; captions from the grammar, images from the renderer."""
+def make_dataset(n: int, seed: int, **mix: float) -> tuple[list[str], np.ndarray]:
+    """n (caption, render) pairs; captions from the grammar (``mix``: sample_caption's caption mix), images
+    from the renderer."""
     rng = np.random.default_rng(seed)
-    captions = [sample_caption(rng) for _ in range(n)]
+    captions = [sample_caption(rng, **mix) for _ in range(n)]
     images = np.stack([render_array(c, seed * 10_000_000 + i)[0] for i, c in enumerate(captions)])
     return captions, images.transpose(0, 3, 1, 2).copy()
 
@@ -127,6 +128,11 @@ def main(argv: list[str] | None = None) -> Path:
                     "encoder; without it the text encoder trains jointly with the UNet")
     ap.add_argument("--init-from", default="", help="continue from a pipeline folder's UNet (and text encoder)")
     ap.add_argument("--vae-from", default="", help="reuse a trained VAE (a pipeline folder or its vae/ folder)")
+    ap.add_argument("--p-two", type=float, default=0.4, help="caption mix: share of two-object captions")
+    ap.add_argument("--p-pattern", type=float, default=0.4,
+                    help="caption mix: chance an object's caption says 'striped' or 'dotted'")
+    ap.add_argument("--orange-weight", type=float, default=0.4,
+                    help="caption mix: weight of the colour sense of 'orange' (other colours weigh 1)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--p-uncond", type=float, default=0.1)
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     tok = build_tokenizer(out / "tokenizer_build")
     check_tokenizer(tok)
-    captions, images = make_dataset(a.n_images, a.seed)
+    captions, images = make_dataset(a.n_images, a.seed, p_two=a.p_two, p_pattern=a.p_pattern,
+                                     orange_weight=a.orange_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
 
     if a.vae_from:
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
         log(f"done (VAE only) {info}")
         return out / "pipeline"
     cache = out / "latents.safetensors"
-    key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}"
+    key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}/{a.p_two}/{a.p_pattern}/{a.orange_weight}"
     if cache.exists() and safe_open(str(cache), "pt").metadata().get("key") == key:
         lat = load_file(str(cache))["latents"]
         log(f"latents from cache {cache}")

@@ -182,8 +182,18 @@ def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
 
 
-def sample_caption(rng: np.random.Generator, p_two: float = 0.4) -> str:
-    """Sample a training caption from the grammar (attributes sometimes left out)."""
+def sample_caption(rng: np.random.Generator, p_two: float = 0.4, p_pattern: float = 0.4,
+                   orange_weight: float | None = None) -> str:
+    """Sample a training caption from the grammar (attributes sometimes left out).
+
+    The caption mix: ``p_two`` is the share of two-object captions, ``p_pattern`` the chance that an object's
+    caption says 'striped' or 'dotted' (half each; 'plain' is said 10 % of the time, the rest leaves the pattern
+    unsaid), ``orange_weight`` the weight of the colour sense of 'orange' among the colours (the others weigh
+    1; default ``COLOR_WEIGHTS``). The defaults are the mix of the shipped CLIP and the first UNet stages.
+    """
+    if not (0 <= p_two <= 1 and 0 <= p_pattern <= 0.9):
+        raise ValueError(f"caption mix: p_two {p_two} must be in [0, 1] and p_pattern {p_pattern} in [0, 0.9]")
+    colors = COLOR_WEIGHTS if orange_weight is None else {**COLOR_WEIGHTS, "orange": orange_weight}
     n = 2 if rng.random() < p_two else 1
     objects = []
     for _ in range(n):
@@ -191,9 +201,11 @@ def sample_caption(rng: np.random.Generator, p_two: float = 0.4) -> str:
         o = ObjectSpec(shape=shape)
         if shape != FRUIT:
             if rng.random() < 0.75:
-                o.color = _pick(rng, COLOR_WEIGHTS)
+                o.color = _pick(rng, colors)
             r = rng.random()
-            o.pattern = "striped" if r < 0.2 else "dotted" if r < 0.4 else ("plain" if r < 0.5 else None)
+            half = p_pattern / 2
+            o.pattern = ("striped" if r < half else "dotted" if r < p_pattern
+                         else ("plain" if r < p_pattern + 0.1 else None))
         if rng.random() < 0.6:
             o.size = SIZES[int(rng.integers(2))]
         objects.append(o)
