@@ -105,8 +105,23 @@ def write_scores(path: Path, rows: list[dict]) -> None:
             w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
 
 
-def _check_size(size: int | None) -> None:
+def _run_flags(device: str, dtype: str, seeds: str, size: int | None, model: str, steps: int | None,
+               guidance: float | None) -> tuple[list[int], int, float]:
+    """The flags edit and excite share, checked: the seed list and the model's default steps and guidance."""
+    check_device(device)
+    check_dtype(dtype)
+    seed_list = parse_seeds(seeds)
     check_size(size)
+    steps, guidance = generation_defaults(model, steps, guidance)
+    return seed_list, steps, guidance
+
+
+def _load_run(model: str, hrv: Path | None, out: Path, dry_run: bool, device: str, dtype: str):
+    """Check --hrv and --out, then load the model and its HRV (None without --hrv)."""
+    check_hrv_dir(hrv)
+    output_folder(out, create=not dry_run)
+    pipe = load_model(model, device, dtype)
+    return pipe, load_hrv(hrv, pipe)
 
 
 def _check_replace(pipe, cases: list, edit: str) -> None:
@@ -180,11 +195,7 @@ def edit_command(
     from headlens.edit import EditCase, load_edits, p2p
     from headlens.evaluation import ImageDistance, edit_scores
 
-    check_device(device)
-    check_dtype(dtype)
-    seed_list = parse_seeds(seeds)
-    _check_size(size)
-    steps, guidance = generation_defaults(model, steps, guidance)
+    seed_list, steps, guidance = _run_flags(device, dtype, seeds, size, model, steps, guidance)
     for flag, v in (("--cross-replace", cross_replace), ("--self-replace", self_replace),
                     ("--hrv-cross-replace", hrv_cross_replace), ("--hrv-self-replace", hrv_self_replace)):
         if not 0 <= v <= 1:
@@ -202,10 +213,7 @@ def edit_command(
         raise UserError(f"unknown --edit {edit!r}: use replace or refine")
     if hrv is not None and any(not case.concept for case in cases):
         raise UserError("--hrv needs --concept (the edited attribute's concept, e.g. Material)")
-    check_hrv_dir(hrv)
-    output_folder(out, create=not dry_run)
-    pipe = load_model(model, device, dtype)
-    hrv_obj = load_hrv(hrv, pipe)
+    pipe, hrv_obj = _load_run(model, hrv, out, dry_run, device, dtype)
     if hrv_obj is not None:
         for case in cases:
             hrv_obj.concept_index(case.concept)
@@ -342,11 +350,7 @@ def excite_command(
     from headlens.attend_excite import MultiConceptCase, excite, load_multi_concept, parse_tokens
     from headlens.evaluation import multi_concept_scores
 
-    check_device(device)
-    check_dtype(dtype)
-    seed_list = parse_seeds(seeds)
-    _check_size(size)
-    steps, guidance = generation_defaults(model, steps, guidance)
+    seed_list, steps, guidance = _run_flags(device, dtype, seeds, size, model, steps, guidance)
     at_least(max_iter, 0, "--max-iter")
     at_least(resolution, 1, "--resolution")
     at_least(hrv_resolution, 1, "--hrv-resolution")
@@ -365,10 +369,7 @@ def excite_command(
                 if not c:
                     raise UserError(f"--token {w!r} has no concept; A&E-HRV (--hrv) needs WORD:CONCEPT, e.g. "
                                     f"{w}:Animals")
-    check_hrv_dir(hrv)
-    output_folder(out, create=not dry_run)
-    pipe = load_model(model, device, dtype)
-    hrv_obj = load_hrv(hrv, pipe)
+    pipe, hrv_obj = _load_run(model, hrv, out, dry_run, device, dtype)
     if hrv_obj is not None:
         for case in cases:
             for _, c in case.tokens:

@@ -201,6 +201,19 @@ def _settings(steps: int, guidance: float, batch_size: int, size: int | None):
                               height=size, width=size)
 
 
+def _analysis_run(model: str, steps: int | None, guidance: float | None, batch_size: int, size: int | None,
+                  prompts: str, hrv_dir: Path, out: Path, resume: bool, dry_run: bool, device: str, dtype: str):
+    """Check the flags weaken and validate share, prepare --out and load the model: (settings, prompts, pipe, hrv)."""
+    steps, guidance = generation_defaults(model, steps, guidance)
+    settings = _settings(steps, guidance, batch_size, size)
+    prompt_arg = _prompts_arg(prompts, model)
+    check_hrv_dir(hrv_dir)
+    output_folder(out, create=not dry_run)
+    check_fresh(out, resume or dry_run)
+    pipe = load_model(model, device, dtype)
+    return settings, prompt_arg, pipe, _load_hrv(hrv_dir, pipe)
+
+
 def pick_concept(positional: str | None, option: str | None) -> str:
     """The concept from the CONCEPT argument or --concept (one of them, or both the same)."""
     if positional and option and positional != option:
@@ -486,14 +499,8 @@ def weaken_command(
     at_least(random_draws, 0, "--random-draws")
     at_least(grid_items, 0, "--grid-items")
     at_least(n_boot, 2, "--bootstrap")
-    steps, guidance = generation_defaults(model, steps, guidance)
-    settings = _settings(steps, guidance, batch_size, size)
-    prompt_arg = _prompts_arg(prompts, model)
-    check_hrv_dir(hrv_dir)
-    output_folder(out, create=not dry_run)
-    check_fresh(out, resume or dry_run)
-    pipe = load_model(model, device, dtype)
-    hrv = _load_hrv(hrv_dir, pipe)
+    settings, prompt_arg, pipe, hrv = _analysis_run(model, steps, guidance, batch_size, size, prompts, hrv_dir, out,
+                                                    resume, dry_run, device, dtype)
     from headlens.analysis.weakening import check_ks
 
     try:
@@ -576,20 +583,14 @@ def validate_command(
     at_least(max_prompts, 1, "--max-prompts")
     at_least(top, 0, "--top")
     at_least(n_boot, 2, "--bootstrap")
-    steps, guidance = generation_defaults(model, steps, guidance)
-    settings = _settings(steps, guidance, batch_size, size)
-    prompt_arg = _prompts_arg(prompts, model)
-    check_hrv_dir(hrv_dir)
-    output_folder(out, create=not dry_run)
-    check_fresh(out, resume or dry_run)
-    pipe = load_model(model, device, dtype)
-    hrv = _load_hrv(hrv_dir, pipe)
+    settings, prompt_arg, pipe, hrv = _analysis_run(model, steps, guidance, batch_size, size, prompts, hrv_dir, out,
+                                                    resume, dry_run, device, dtype)
     name = hrv.concepts[hrv.concept_index(concept)]
     chosen = resolve_heads(hrv.heads, parse_heads(heads, hrv, name, hrv.heads))
     items = make_items(prompt_targets(prompt_arg, name, hrv), seed_list, max_prompts)
     cost = estimate_cost(len(chosen), len(items) // len(seed_list), len(seed_list))
     stdout(f"cost: ({len(chosen)} heads + 1) × {len(items) // len(seed_list)} prompts × {len(seed_list)} seeds "
-           f"= {cost} generations of {steps} steps")
+           f"= {cost} generations of {settings.num_inference_steps} steps")
     if dry_run:
         def setup(s):
             s.weaken(heads=chosen[:1], words="all", factor=factor, tokens=tokens)
