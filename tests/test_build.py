@@ -1,7 +1,5 @@
 """HRV construction: votes equal an independent slow computation; generation untouched; resume exact."""
 
-import math
-
 import pytest
 import torch
 
@@ -10,6 +8,8 @@ from headlens.attention import Plugin, Session
 from headlens.building import BuildSettings, CheckpointMismatchError, HRVBuilder
 from headlens.capture import derived_seed
 from headlens.heads import HeadIndex
+
+from slow_votes import chosen_words, winner, word_draws
 
 CONCEPTS = {"Color": ["red", "blue", "green"], "Animals": ["cat", "golden retriever"], "Plants": ["rose", "oak tree", "fern"]}
 PROMPTS = ["a photo of a cat", "a red car on a street", "a rose in a vase", "a dog on green grass", "a blue bird"]
@@ -58,6 +58,7 @@ def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", s
     names = list(CONCEPTS)
     words = {c: [word_embeddings(pipe, w) for w in ws] for c, ws in CONCEPTS.items()}
     bos = words[names[0]][0][0]
+    word_embs = {c: [e[1] for e in ws] for c, ws in words.items()}
     votes = None
     original = pipe.scheduler
     if scheduler is not None:
@@ -80,19 +81,11 @@ def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", s
             if votes is None:
                 votes = torch.zeros(evals, len(heads), len(names), dtype=torch.int64)
             assert votes.shape[0] == evals
-            draws = {i: torch.rand(evals, len(heads.layers), len(names),
-                                   generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
+            draws = word_draws(seed, idx, evals, len(heads.layers), len(names))
             for (step, li), (attn, q) in rec.q.items():
                 layer = heads.layers[li]
                 for b, i in enumerate(idx):
-                    if variant == "reference":
-                        chosen = []
-                        for c, name in enumerate(names):
-                            k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))),
-                                    len(words[name]) - 1)
-                            chosen.append((c, words[name][k][1], 1.0))
-                    else:
-                        chosen = [(c, e[1], 1.0 / len(words[name])) for c, name in enumerate(names) for e in words[name]]
+                    chosen = chosen_words(variant, draws[i][step, li], names, word_embs)
                     toks = ([bos[None]] if start_token else []) + [e for _, e, _ in chosen]
                     owner = ([(-1, 0.0)] if start_token else []) + [(c, w / len(e)) for c, e, w in chosen
                                                                    for _ in range(len(e))]
@@ -103,11 +96,7 @@ def slow_votes(pipe, prompts, batch_size, seed, guidance, variant="reference", s
                         kh = k_all[:, h * d : (h + 1) * d]
                         logits = (qh @ kh.T).double() * attn.scale  # the product in the model's dtype, as the UNet
                         p = torch.softmax(logits, dim=-1).mean(dim=0)
-                        score = [0.0] * len(names)
-                        for m, (c, w) in enumerate(owner):
-                            if c >= 0:
-                                score[c] += w * float(p[m])
-                        votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+                        votes[step, layer.head_offset + h, winner(p, owner, len(names))] += 1
     finally:
         pipe.scheduler = original
     return votes

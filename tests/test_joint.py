@@ -1,6 +1,5 @@
 """SD3 and FLUX (joint attention): probe tokens, votes, steering on the image→text block, maps, restore."""
 
-import math
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from headlens.families import prompt_map
 from headlens.families.joint import ProbeSet
 from headlens.heads import HeadIndex
 from headlens.maps import head_maps
+
+from slow_votes import chosen_words, winner, word_draws
 
 CONCEPTS = {"Color": ["red", "blue", "lavender"], "Shape": ["circle", "square"], "Made": ["qzx", "wood"]}
 PROMPTS = ["a red circle", "a blue square on wood", "a lavender vase"]
@@ -87,30 +88,19 @@ def slow_votes(pipe, batch_size, seed, guidance, cfg, variant="reference", start
         with Session(pipe, [rec], cfg=cfg):
             pipe([PROMPTS[i] for i in idx], num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent",
                  generator=[torch.Generator().manual_seed(derived_seed(seed, i, "latents")) for i in idx])
-        draws = {i: torch.rand(STEPS, len(heads.layers), len(names),
-                               generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
+        draws = word_draws(seed, idx, STEPS, len(heads.layers), len(names))
         assert len(rec.calls) == STEPS * len(heads.layers)
         for (step, li), (q, keys, scale) in rec.calls.items():
             layer = heads.layers[li]
             for b, i in enumerate(idx):
-                if variant == "reference":
-                    chosen = []
-                    for c, name in enumerate(names):
-                        k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))), len(words[name]) - 1)
-                        chosen.append((c, words[name][k], 1.0))
-                else:
-                    chosen = [(c, r, 1.0 / len(words[name])) for c, name in enumerate(names) for r in words[name]]
+                chosen = chosen_words(variant, draws[i][step, li], names, words)
                 rows = ([start] if (start is not None and start_token) else []) + [r for _, ws, _ in chosen for r in ws]
                 owner = ([(-1, 0.0)] if (start is not None and start_token) else []) + [
                     (c, w / len(ws)) for c, ws, w in chosen for _ in ws]
                 for h in range(layer.num_heads):
                     k = keys[b, h, rows].double()
                     p = torch.softmax(q[b, h].double() @ k.T * scale, dim=-1).mean(0)
-                    score = [0.0] * len(names)
-                    for m, (c, w) in enumerate(owner):
-                        if c >= 0:
-                            score[c] += w * float(p[m])
-                    votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+                    votes[step, layer.head_offset + h, winner(p, owner, len(names))] += 1
     return votes
 
 

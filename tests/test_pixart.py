@@ -1,6 +1,5 @@
 """PixArt-α/Σ (cross-attention DiT, T5 text with a padding mask): votes, mask, steering, maps, P2P, A&E."""
 
-import math
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from headlens.edit import p2p
 from headlens.families import prompt_map
 from headlens.heads import HeadIndex
 from headlens.maps import head_maps
+
+from slow_votes import chosen_words, winner, word_draws
 
 CONCEPTS = {"Color": ["red", "blue", "lavender"], "Shape": ["circle", "square"], "Made": ["qzx", "wood"]}
 PROMPTS = ["a red circle", "a blue square on wood", "a lavender vase"]
@@ -67,27 +68,17 @@ def slow_votes(pipe, batch_size, seed, guidance, variant="reference"):
         with Session(pipe, [rec], cfg=guidance > 1):
             pipe([PROMPTS[i] for i in idx], num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent",
                  generator=[torch.Generator().manual_seed(derived_seed(seed, i, "latents")) for i in idx])
-        draws = {i: torch.rand(STEPS, len(heads.layers), len(names),
-                               generator=torch.Generator().manual_seed(derived_seed(seed, i, "words"))) for i in idx}
+        draws = word_draws(seed, idx, STEPS, len(heads.layers), len(names))
         for (step, li), (attn, q) in rec.q.items():
             layer = heads.layers[li]
             for b, i in enumerate(idx):
-                if variant == "reference":
-                    chosen = []
-                    for c, name in enumerate(names):
-                        k = min(int(math.floor(float(draws[i][step, li, c]) * len(words[name]))), len(words[name]) - 1)
-                        chosen.append((c, words[name][k], 1.0))
-                else:
-                    chosen = [(c, e, 1.0 / len(words[name])) for c, name in enumerate(names) for e in words[name]]
+                chosen = chosen_words(variant, draws[i][step, li], names, words)
                 owner = [(c, w / len(e)) for c, e, w in chosen for _ in range(len(e))]  # T5: no start token
                 k_all = attn.to_k(torch.cat([e for _, e, _ in chosen])[None])[0].double()
                 for h in range(layer.num_heads):
                     d = layer.head_dim
                     p = torch.softmax(q[b, h].double() @ k_all[:, h * d:(h + 1) * d].T * attn.scale, -1).mean(0)
-                    score = [0.0] * len(names)
-                    for m, (c, w) in enumerate(owner):
-                        score[c] += w * float(p[m])
-                    votes[step, layer.head_offset + h, max(range(len(names)), key=lambda c: score[c])] += 1
+                    votes[step, layer.head_offset + h, winner(p, owner, len(names))] += 1
     return votes
 
 
