@@ -142,6 +142,20 @@ def _class_names(obj) -> set[str]:
     return {c.__name__ for c in type(obj).__mro__}
 
 
+def _stack_layers(modules, down: int, head_dim=None) -> list[Layer]:
+    """Layers from (module name, place, index in place, attention module) in order, heads numbered on.
+
+    A head's width is ``to_q.out_features // heads``, or ``head_dim(attn)`` where given.
+    """
+    out, offset = [], 0
+    for name, place, i, attn in modules:
+        heads = int(attn.heads)
+        dim = int(head_dim(attn)) if head_dim is not None else attn.to_q.out_features // heads
+        out.append(Layer(len(out), name, place, i, heads, dim, offset, down))
+        offset += heads
+    return out
+
+
 def families() -> list[Family]:
     """Every supported family, most specific first."""
     from .flux import FluxFamily

@@ -17,7 +17,7 @@ import torch
 
 from ..heads import Layer
 from ..textlayout import Segment, TextLayout
-from . import _class_names
+from . import _class_names, _stack_layers
 from .sd3 import SD3Family, as_kwargs
 
 
@@ -27,26 +27,18 @@ class FluxFamily(SD3Family):
     name = "flux"
     label = "FLUX"
     repeated_timestep_is_negative = True
-    refusals = {
-        "Prompt-to-Prompt": "its image→text and image→image maps are one joint softmax, so P2P's separate cross- and "
-                            "self-attention windows would splice rows of two different softmaxes, and its text "
-                            "tokens are rewritten together with the image in every block; use a UNet or PixArt model",
-    }
+    # refusals: SD3's (the same joint softmax)
 
     def matches(self, denoiser) -> bool:
         return "FluxTransformer2DModel" in _class_names(denoiser)
 
     def layers(self, denoiser) -> list[Layer]:
         down = 2 * int(denoiser.config.patch_size)  # the pipeline packs 2×2 latent patches into one token
-        out, offset = [], 0
-        for place, prefix, blocks in (("block", "transformer_blocks", denoiser.transformer_blocks),
-                                      ("single", "single_transformer_blocks", denoiser.single_transformer_blocks)):
-            for i, block in enumerate(blocks):
-                attn = block.attn
-                heads = int(attn.heads)
-                out.append(Layer(len(out), f"{prefix}.{i}.attn", place, i, heads, int(attn.head_dim), offset, down))
-                offset += heads
-        return out
+        groups = (("block", "transformer_blocks", denoiser.transformer_blocks),
+                  ("single", "single_transformer_blocks", denoiser.single_transformer_blocks))
+        return _stack_layers(((f"{prefix}.{i}.attn", place, i, block.attn)
+                              for place, prefix, blocks in groups for i, block in enumerate(blocks)),
+                             down, head_dim=lambda attn: attn.head_dim)
 
     def processor(self, session, layer, original):
         from .joint import JointProcessor

@@ -12,7 +12,7 @@ import torch
 
 from ..heads import Layer
 from ..textlayout import Segment, TextLayout
-from . import Family, _class_names
+from . import Family, _class_names, _stack_layers
 
 
 class PixArtFamily(Family):
@@ -25,16 +25,10 @@ class PixArtFamily(Family):
         return "PixArtTransformer2DModel" in _class_names(denoiser)
 
     def layers(self, denoiser) -> list[Layer]:
-        patch = int(denoiser.config.patch_size)
-        out, offset = [], 0
-        for i, block in enumerate(denoiser.transformer_blocks):
-            attn = getattr(block, "attn2", None)
-            if attn is None:
-                continue
-            heads = int(attn.heads)
-            out.append(Layer(len(out), f"transformer_blocks.{i}.attn2", "block", i, heads,
-                             attn.to_q.out_features // heads, offset, patch))
-            offset += heads
+        out = _stack_layers(((f"transformer_blocks.{i}.attn2", "block", i, block.attn2)
+                             for i, block in enumerate(denoiser.transformer_blocks)
+                             if getattr(block, "attn2", None) is not None),
+                            int(denoiser.config.patch_size))
         if not out:
             raise ValueError("this PixArt transformer has no cross-attention (attn2); is it a text-to-image model?")
         return out

@@ -15,7 +15,7 @@ import torch
 
 from ..heads import Layer
 from ..textlayout import Segment, TextLayout
-from . import Family, _class_names
+from . import Family, _class_names, _stack_layers
 
 
 class SD3Family(Family):
@@ -34,17 +34,10 @@ class SD3Family(Family):
         return "SD3Transformer2DModel" in _class_names(denoiser)
 
     def layers(self, denoiser) -> list[Layer]:
-        patch = int(denoiser.config.patch_size)
-        out, offset = [], 0
-        for i, block in enumerate(denoiser.transformer_blocks):
-            attn = block.attn
-            if getattr(attn, "add_k_proj", None) is None:
-                continue
-            heads = int(attn.heads)
-            out.append(Layer(len(out), f"transformer_blocks.{i}.attn", "block", i, heads,
-                             attn.to_q.out_features // heads, offset, patch))
-            offset += heads
-        return out
+        return _stack_layers(((f"transformer_blocks.{i}.attn", "block", i, block.attn)
+                              for i, block in enumerate(denoiser.transformer_blocks)
+                              if getattr(block.attn, "add_k_proj", None) is not None),
+                             int(denoiser.config.patch_size))
 
     def processor(self, session, layer, original):
         from .joint import JointProcessor
