@@ -59,3 +59,14 @@ def tiny_flux():
     from headlens.testing import tiny_flux_pipeline
 
     return tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A folder with a tiny random CLIP (model, tokenizer, image processor) for --scorer / --clip."""
+    from test_scorers import tiny_clip
+
+    d = tmp_path_factory.mktemp("clip")
+    for part in tiny_clip():
+        part.save_pretrained(d)
+    return d

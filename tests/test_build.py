@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from slow_votes import chosen_words, winner, word_draws
 
 import headlens
 from headlens.attention import Plugin, Session
 from headlens.building import BuildSettings, CheckpointMismatchError, HRVBuilder
 from headlens.capture import derived_seed
 from headlens.heads import HeadIndex
-
-from slow_votes import chosen_words, winner, word_draws
 
 CONCEPTS = {"Color": ["red", "blue", "green"], "Animals": ["cat", "golden retriever"], "Plants": ["rose", "oak tree", "fern"]}
 PROMPTS = ["a photo of a cat", "a red car on a street", "a rose in a vase", "a dog on green grass", "a blue bird"]

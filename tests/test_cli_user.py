@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli
 
 import headlens
 from headlens import HRV, HeadIndex
@@ -56,14 +57,6 @@ def no_model(monkeypatch):
 
     monkeypatch.setattr("headlens.testing.tiny_sd_pipeline", boom)
     monkeypatch.setattr("headlens.world.load_pipeline", boom)
-
-
-def cli(monkeypatch, capsys, *args):
-    """Run `headlens ARGS`; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    code = run_app(app)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def last(text: str) -> str:

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli_code as cli
 from PIL import Image
 
 from headlens import HRV
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.heads import HeadIndex
 from headlens.testing import tiny_sd_pipeline
 
 SRC, TGT = "a bowl made of wood", "a bowl made of glass"
-
-
-def cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    return run_app(app)
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +23,6 @@ def hrv_dir(tmp_path_factory):
     heads = HeadIndex.from_unet(tiny_sd_pipeline().unet)
     m = torch.linspace(0.5, 1.5, len(heads)).repeat(2, 1)
     return HRV.from_matrix(m, heads, ["Material", "Color"]).save(tmp_path_factory.mktemp("hrv") / "hrv")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    from headlens.testing import clip_tokenizer
-
-    cfg = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
-                     "num_attention_heads": 4, "max_position_embeddings": 77},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 1, "num_attention_heads": 4},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("clip") / "clip"
-    CLIPModel(cfg).save_pretrained(folder)
-    clip_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_edit_writes_labelled_grids_and_matches_python(monkeypatch, tmp_path, hrv_dir, sd_pipe):

@@ -9,21 +9,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli_code as cli
 from PIL import Image
 
 import headlens
 from headlens import HRV
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.heads import HeadIndex
 from headlens.testing import tiny_sd_pipeline
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error")
-
-
-def cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    return run_app(app)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,15 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli
 from PIL import Image
 
 from headlens import HRV, HeadIndex, hub
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.testing import tiny_unet
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -115,13 +113,6 @@ def test_hf_hub_cache_is_read_when_loading(tmp_path, monkeypatch, hrv):
     hrv.save(tmp_path / "src")
     add_to_cache(tmp_path / "empty", "alice/tiny-hrv", tmp_path / "src")
     assert torch.equal(HRV.load("hf://alice/tiny-hrv").votes, hrv.votes)
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    code = run_app(app)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_takes_hf_hrvs(cache, monkeypatch, capsys, tmp_path):

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from slow_votes import chosen_words, winner, word_draws
 
 import headlens
 from headlens import HRV
@@ -13,8 +14,6 @@ from headlens.families import prompt_map
 from headlens.families.joint import ProbeSet
 from headlens.heads import HeadIndex
 from headlens.maps import head_maps
-
-from slow_votes import chosen_words, winner, word_draws
 
 CONCEPTS = {"Color": ["red", "blue", "lavender"], "Shape": ["circle", "square"], "Made": ["qzx", "wood"]}
 PROMPTS = ["a red circle", "a blue square on wood", "a lavender vase"]

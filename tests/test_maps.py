@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli_code as cli
 from PIL import Image
 
 from headlens import HRV, LayoutMismatchError
 from headlens.attention import Plugin, Session
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.heads import HeadIndex
 from headlens.maps import HeadMaps, head_maps, plot_head_maps, resolve_map_size, select_heads
 from headlens.tokens import WordNotFoundError
 
 PROMPT = "a red apple on a wooden table"
 STEPS, SEED, GUIDANCE = 2, 5, 7.5
-
-
-def cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    return run_app(app)
 
 
 class QueryRecorder(Plugin):

@@ -6,7 +6,6 @@ their head labels onto HeadIndex layouts of real-config UNets built on the meta 
 
 from __future__ import annotations
 
-import sys
 import warnings
 from importlib import resources
 from types import SimpleNamespace
@@ -14,12 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli
 from diffusers import UNet2DConditionModel
 
 import headlens
 from headlens import HRV, ConceptSet, HeadIndex, HeadlensNote, LayoutMismatchError, paper
-from headlens.cli import app
-from headlens.cli.common import run_app
 
 # Real UNet configs (layout-relevant keys) of CompVis/stable-diffusion-v1-4 and stabilityai/stable-diffusion-xl-base-1.0.
 SD14 = dict(
@@ -195,13 +193,6 @@ def test_top_heads_names_option(sd_pipe):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    code = run_app(app)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_hrv_paper_checks_the_layout(monkeypatch, capsys, tmp_path):
     code, _, err = cli(monkeypatch, capsys, "generate", "a red vase", "--adjust", "red:Color:Plants", "--hrv",
                        "paper:sd-v1-4", "--model", "tiny", "--steps", "1", "--out", tmp_path / "g")

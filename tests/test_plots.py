@@ -4,26 +4,19 @@ similarity and clustering equal independent computations."""
 from __future__ import annotations
 
 import itertools
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_inprocess import cli_code as cli
 from PIL import Image
 
 from headlens import HRV, plots
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.heads import HeadIndex
 
 CONCEPTS = {"Color": ["red", "blue", "green"], "Animals": ["cat", "dog"], "Plants": ["rose", "oak tree"]}
 PROMPTS = ["a red cat", "a blue rose", "a dog under an oak tree"]
-
-
-def cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    return run_app(app)
 
 
 def sdxl_layout() -> HeadIndex:

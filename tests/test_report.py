@@ -6,26 +6,19 @@ import base64
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli_code as cli
 from PIL import Image
 
 from headlens import HRV
-from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.heads import HeadIndex
 from headlens.report import build_report, markdown_to_html
 
 CONCEPTS = ["Color", "Animals", "Plants"]
-
-
-def cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    return run_app(app)
 
 
 class Page(HTMLParser):

@@ -5,36 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli
 from PIL import Image
 
 from headlens import HRV, ConceptSet, paper
 from headlens import reproduce as rp
-from headlens.cli import app
-from headlens.cli.common import run_app
 
 PAPER_NAMES = set(ConceptSet.paper().names)
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    code = run_app(app)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from test_scorers import tiny_clip
-
-    d = tmp_path_factory.mktemp("clip")
-    for part in tiny_clip():
-        part.save_pretrained(d)
-    return d
 
 
 # ---------------------------------------------------------------------------------------------- pieces

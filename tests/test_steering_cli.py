@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_inprocess import cli
 from PIL import Image
 from typer.testing import CliRunner
 
 from headlens import HRV, HeadIndex
 from headlens.cli import app
-from headlens.cli.common import run_app
 from headlens.testing import tiny_sd_pipeline, tiny_unet
 
 
@@ -26,24 +25,6 @@ def hrv_dir(tmp_path_factory):
     HRV.from_matrix(m, heads, ["Color", "Plants", "Shape"],
                     words={"Color": ["red", "blue"], "Plants": ["lavender"], "Shape": ["square"]}).save(d)
     return d
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from test_scorers import tiny_clip
-
-    d = tmp_path_factory.mktemp("clip")
-    for part in tiny_clip():
-        part.save_pretrained(d)
-    return d
-
-
-def cli(monkeypatch, capsys, *args):
-    """Run the CLI like `headlens ARGS`; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["headlens", *map(str, args)])
-    code = run_app(app)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_generate_side_by_side(monkeypatch, capsys, hrv_dir, tmp_path):
