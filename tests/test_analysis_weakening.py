@@ -189,6 +189,20 @@ def test_ordered_weakening_input_errors(pipe, hrv, tmp_path):
         ordered_weakening(pipe, None, "Color", ["a red car"], [1], [0], SCORER, progress=False)
 
 
+def test_template_and_benchmark_files_refuse_missing_and_broken_toml(tmp_path):
+    from headlens.analysis.polysemous import load_cases
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[Color\ntemplate = 1\n")
+    for load, kind in ((load_templates, "template"), (load_cases, "benchmark")):
+        assert load("default") == load(None) and load(None)  # the shipped file
+        with pytest.raises(FileNotFoundError, match=f"^{kind} file '.*nope.toml' not found; give a .toml path or "
+                                                    "'default'$"):
+            load(tmp_path / "nope.toml")
+        with pytest.raises(ValueError, match=f"^{kind} file {bad} is not valid TOML: "):
+            load(bad)
+
+
 # ---------------------------------------------------------------------------- polysemous words
 def test_polysemous_benchmark_words_are_found_in_their_prompts(pipe):
     from headlens.analysis.polysemous import load_cases, world_cases

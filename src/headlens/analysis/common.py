@@ -57,20 +57,24 @@ class TemplateFamily:
         return out
 
 
-def load_templates(path: str | Path | None = None) -> dict[str, TemplateFamily]:
-    """Template families from a TOML file (default: the shipped ``weakening_templates.toml``)."""
+def read_toml(path: str | Path | None, shipped: str, kind: str) -> tuple[dict, str]:
+    """(tables, name for messages) of a TOML file; None or 'default': the shipped ``data/<shipped>``."""
     if path is None or str(path) == "default":
-        text = (resources.files("headlens") / "data" / "weakening_templates.toml").read_text(encoding="utf-8")
-        where = "weakening_templates.toml"
+        text, where = (resources.files("headlens") / "data" / shipped).read_text(encoding="utf-8"), shipped
     else:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"template file {str(path)!r} not found; give a .toml path or 'default'")
+            raise FileNotFoundError(f"{kind} file {str(path)!r} not found; give a .toml path or 'default'")
         text, where = p.read_text(encoding="utf-8"), str(p)
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), where
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"template file {where} is not valid TOML: {e}") from None
+        raise ValueError(f"{kind} file {where} is not valid TOML: {e}") from None
+
+
+def load_templates(path: str | Path | None = None) -> dict[str, TemplateFamily]:
+    """Template families from a TOML file (default: the shipped ``weakening_templates.toml``)."""
+    data, where = read_toml(path, "weakening_templates.toml", "template")
     out = {}
     for concept, table in data.items():
         if not isinstance(table, dict) or "template" not in table:

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-from .common import GenerationSettings, Item, generate
+from .common import GenerationSettings, Item, generate, read_toml
 from .figures import image_grid
 
 
@@ -33,18 +27,7 @@ class PolysemousCase:
 
 def load_cases(path: str | Path | None = None) -> list[PolysemousCase]:
     """Benchmark cases from a TOML file of ``[[prompt]]`` tables (default: the shipped ``polysemous.toml``)."""
-    if path is None or str(path) == "default":
-        text, where = (resources.files("headlens") / "data" / "polysemous.toml").read_text(encoding="utf-8"), \
-            "polysemous.toml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"benchmark file {str(path)!r} not found; give a .toml path or 'default'")
-        text, where = p.read_text(encoding="utf-8"), str(p)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"benchmark file {where} is not valid TOML: {e}") from None
+    data, where = read_toml(path, "polysemous.toml", "benchmark")
     cases = []
     for i, t in enumerate(data.get("prompt", [])):
         missing = [k for k in ("prompt", "word", "toward", "away") if k not in t]
