@@ -7,14 +7,14 @@
 #   1. world CLIP, contrastive, 2500 steps of 256 pairs               (≈ 15 min)
 #   2. the VAE: the same command as the joint model's stage 1          (≈ 5 min; the shipped VAE, bit for bit)
 #   3. UNet (SD layout, 80 heads) from scratch, text encoder frozen    (95 min budget; the cosine follows time)
+#   4. UNet, a second cosine cycle from stage 3, new renders (seed 1)  (55 min budget)
+#   5. UNet, a third cycle from stage 4 with a new caption mix: 65 % two-object captions (was 40 %), patterns said
+#      60 % of the time (was 40 %), the colour sense of 'orange' at weight 0.2 (was 0.4), new renders (seed 2);
+#      two torch threads (50 min budget)
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
-#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet1/pipeline/. src/headlens/world/model/
-#   4. (candidate, not shipped yet) a second cosine cycle from stage 3, new renders (seed 1)  (55 min budget)
-#      run with FIRST_STAGE=4; result and its quality in candidates/world-stage4/
-#   5. a third cycle from stage 4 with a new caption mix: 65 % two-object captions (was 40 %), patterns said
-#      60 % of the time (was 40 %), the colour sense of 'orange' at weight 0.2 (was 0.4), new renders (seed 2);
-#      two torch threads (50 min budget). Run with FIRST_STAGE=5 after stage 4.
+#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet3/pipeline/unet/. src/headlens/world/model/unet/
+#   (the shipped VAE, tokenizer and scheduler are stage 3's: cp -r OUT/unet1/pipeline/. src/headlens/world/model/ first)
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
 set -euo pipefail
@@ -26,9 +26,9 @@ T="--threads 1"
 [ "$FIRST" -le 2 ] && $PY -m headlens.world.train --out "$OUT/vae" --seed 0 --n-images 60000 --vae-steps 1000 --unet-steps 0 --minutes 20
 [ "$FIRST" -le 3 ] && $PY -m headlens.world.train --out "$OUT/unet1" --seed 0 --n-images 60000 --vae-from "$OUT/vae/pipeline" \
     --text-encoder-from "$OUT/clip/clip" --arch sd --unet-steps 12000 --lr 8e-4 --minutes 95 $T
-[ "$FIRST" -eq 4 ] && $PY -m headlens.world.train --out "$OUT/unet2" --seed 1 --n-images 60000 --vae-from "$OUT/unet1/pipeline" \
+[ "$FIRST" -le 4 ] && $PY -m headlens.world.train --out "$OUT/unet2" --seed 1 --n-images 60000 --vae-from "$OUT/unet1/pipeline" \
     --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet1/pipeline" --arch sd --unet-steps 6000 --lr 3e-4 --minutes 55 $T
-[ "$FIRST" -eq 4 ] || [ "$FIRST" -eq 5 ] && $PY -m headlens.world.train --out "$OUT/unet3" --seed 2 --n-images 60000 \
+[ "$FIRST" -le 5 ] && $PY -m headlens.world.train --out "$OUT/unet3" --seed 2 --n-images 60000 \
     --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet2/pipeline" --arch sd \
     --unet-steps 7000 --lr 3e-4 --minutes 50 --threads 2 --p-two 0.65 --p-pattern 0.6 --orange-weight 0.2
-echo "done: $OUT/unet1/pipeline (stage 4: $OUT/unet2/pipeline)"
+echo "done: $OUT/unet3/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"
