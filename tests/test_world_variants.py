@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,20 @@ def test_default_pipeline_tokenizer_is_the_clip_tokenizer() -> None:
     assert pipe_tok.get_vocab() == clip_tok.get_vocab()
     caption = " ".join(["a"] + all_words()[:12])
     assert pipe_tok(caption)["input_ids"] == clip_tok(caption)["input_ids"]
+
+
+def test_binding_probe_section_is_what_the_script_prints(capsys) -> None:
+    """docs/world.md's world-binding block is exactly what scripts/world_binding_probe.py prints (it is
+    deterministic: one thread, seeded), so its numbers cannot drift from their source."""
+    import re
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    runpy.run_path(str(root / "scripts" / "world_binding_probe.py"), run_name="__main__")
+    printed = capsys.readouterr().out.strip()
+    doc = (root / "docs" / "world.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- world-binding:begin -->\n(.*?)\n<!-- world-binding:end -->", doc, flags=re.S)
+    assert block and block.group(1).strip() == printed
+    own, other = re.findall(r"object 2: a linear probe reads its own colour ([\d.]+) % and the other object's colour "
+                            r"([\d.]+) %", printed)[0]
+    assert float(own) > 90 and float(other) > 90  # the second shape token carries both colours, separably
