@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from transformers import CLIPTokenizer
@@ -18,13 +20,14 @@ from headlens import world
 from headlens.world.clip_train import embed
 from headlens.world.quality import PLAIN_COLORS, Prompt, two_prompts
 from headlens.world.render import render_array
+from headlens.world.vocab import scene_caption
 
 
 def swapped(p: Prompt) -> str:
     """The caption with the two objects' colours exchanged."""
     a, b = p.scene.objects
-    return (p.text.replace(f" {a.color} {a.shape}", " \0").replace(f" {b.color} {b.shape}", f" {a.color} {b.shape}")
-            .replace(" \0", f" {b.color} {a.shape}"))
+    objects = [replace(a, color=b.color), replace(b, color=a.color)]
+    return scene_caption(replace(p.scene, objects=objects))
 
 
 def probe(x: torch.Tensor, y: torch.Tensor, n_train: int) -> float:
