@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from headlens import world
-from headlens.analysis.common import GenerationSettings, Item
-from headlens.validation.world_report import ReportConfig, _images, polysemy_prompts, use_scheduler
+from headlens.analysis.common import GenerationSettings, Item, generate
+from headlens.validation.world_report import ReportConfig, polysemy_prompts, use_scheduler
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     items = [Item(p, s, seed) for p, s, seed in polysemy_prompts(a.items, cfg.seed, shapes=["circle"])]
     for g in (float(x) for x in a.guidance.split(",")):
         settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=g, batch_size=cfg.batch_size)
-        got = [reader.score(im) for im in _images(pipe, items, settings)]
+        got = [reader.score(im) for _, ims in generate(pipe, items, settings) for im in ims]
         fruit = np.mean([x.get("Shape") == "orange" for x in got])
         circle = np.mean([x.get("Shape") == "circle" and x.get("Color") == "orange" for x in got])
         print(f"guidance {g:g}: fruit drawn {100 * fruit:.1f} %, orange circle drawn {100 * circle:.1f} % "

@@ -96,7 +96,7 @@ def test_caption_mix() -> None:
     its own share (counted by parsing the captions) and nothing else breaks the grammar."""
     r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
     assert [sample_caption(r1) for _ in range(500)] == [
-        sample_caption(r2, p_two=0.4, p_pattern=0.4, orange_weight=0.4) for _ in range(500)]
+        sample_caption(r2, p_two=0.4, p_pattern=0.4, orange_weight=0.4, fruit_weight=1.0) for _ in range(500)]
 
     def shares(**mix):
         rng = np.random.default_rng(11)
@@ -105,12 +105,15 @@ def test_caption_mix() -> None:
         two = np.mean([len(sc.objects) == 2 for sc in scenes])
         pattern = np.mean([o.pattern in ("striped", "dotted") for o in objs])
         coloured = [o.color for o in objs if o.color]
-        return two, pattern, coloured.count("orange") / len(coloured)
+        fruit = np.mean([o.shape == "orange" for sc in scenes for o in sc.objects])
+        return two, pattern, coloured.count("orange") / len(coloured), fruit
 
-    two, pattern, orange = shares()
-    assert abs(two - 0.4) < 0.04 and abs(pattern - 0.4) < 0.04
-    two, pattern, orange2 = shares(p_two=0.65, p_pattern=0.6, orange_weight=0.2)
+    two, pattern, orange, fruit = shares()
+    assert abs(two - 0.4) < 0.04 and abs(pattern - 0.4) < 0.04 and abs(fruit - 1 / 6) < 0.03
+    two, pattern, orange2, fruit2 = shares(p_two=0.65, p_pattern=0.6, orange_weight=0.2)
     assert abs(two - 0.65) < 0.04 and abs(pattern - 0.6) < 0.04 and orange2 < 0.7 * orange
+    assert abs(fruit2 - 1 / 6) < 0.03  # the colour knob leaves the shapes alone
+    assert abs(shares(fruit_weight=3.0)[3] - 3 / 8) < 0.03  # the fruit weighs 3 against five shapes of weight 1
     assert shares(p_two=1.0)[0] == 1.0 and shares(p_pattern=0.0)[1] == 0.0
     with pytest.raises(ValueError, match="p_pattern"):
         sample_caption(np.random.default_rng(0), p_pattern=0.95)
@@ -194,7 +197,7 @@ def test_training_stages_chain(tmp_path) -> None:
     vae = main(["--out", str(tmp_path / "vae"), "--vae-steps", "2", "--unet-steps", "0", *small])
     first = main(["--out", str(tmp_path / "main"), "--vae-from", str(vae), "--unet-steps", "2", *small])
     # lr 0: the fine-tune must start from exactly the first stage's (EMA) weights and keep them
-    tuned = main(["--out", str(tmp_path / "ft"), "--vae-from", str(vae), "--init-from", str(first),
+    tuned = main(["--out", str(tmp_path / "ft"), "--vae-from", str(first), "--init-from", str(first),
                   "--unet-steps", "2", "--lr", "0", "--p-two", "0.65", "--p-pattern", "0.6", "--orange-weight", "0.2",
                   *small])
     import json
@@ -205,6 +208,12 @@ def test_training_stages_chain(tmp_path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), w
     v0, v1 = (load_file(str(d / "vae/diffusion_pytorch_model.safetensors")) for d in (vae, tuned))
     assert v0.keys() == v1.keys() and all(torch.equal(v0[k], v1[k]) for k in v0)  # the VAE is reused as is
+    # the scaling factor: diffusers' default on the VAE-only stage, 1/std of the latents on the first UNet stage,
+    # kept as is by a stage that reuses an already scaled VAE
+    factor = {d: json.loads((d / "vae" / "config.json").read_text())["scaling_factor"] for d in (vae, first, tuned)}
+    info = json.loads((tmp_path / "main" / "train_info.json").read_text())
+    assert factor[vae] == pytest.approx(0.18215) and factor[first] == pytest.approx(info["vae_scaling_factor"])
+    assert factor[first] != pytest.approx(0.18215) and factor[tuned] == factor[first]
     log = (tmp_path / "ft" / "train.log").read_text()
     assert "initialised UNet and text encoder from" in log and "'p_two': 0.65" in log
 

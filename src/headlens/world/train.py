@@ -37,6 +37,9 @@ from .tokenizer import build_tokenizer, check_tokenizer
 from .vocab import sample_caption
 
 
+DEFAULT_SCALING = 0.18215  # diffusers' AutoencoderKL default: a VAE no UNet stage has scaled yet
+
+
 class Log:
     """Print and append timestamped lines to a log file."""
 
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="caption mix: chance an object's caption says 'striped' or 'dotted'")
     ap.add_argument("--orange-weight", type=float, default=0.4,
                     help="caption mix: weight of the colour sense of 'orange' (other colours weigh 1)")
+    ap.add_argument("--fruit-weight", type=float, default=1.0,
+                    help="caption mix: weight of the fruit sense of 'orange' among the shapes (other shapes weigh 1)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--p-uncond", type=float, default=0.1)
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> Path:
     tok = build_tokenizer(out / "tokenizer_build")
     check_tokenizer(tok)
     captions, images = make_dataset(a.n_images, a.seed, p_two=a.p_two, p_pattern=a.p_pattern,
-                                     orange_weight=a.orange_weight)
+                                     orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
 
     if a.vae_from:
@@ -171,16 +176,21 @@ def main(argv: list[str] | None = None) -> Path:
         return out / "pipeline"
     cache = out / "latents.safetensors"
     key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}/{a.p_two}/{a.p_pattern}/{a.orange_weight}"
+    key += "" if a.fruit_weight == 1.0 else f"/{a.fruit_weight}"  # old caches stay valid
     if cache.exists() and safe_open(str(cache), "pt").metadata().get("key") == key:
         lat = load_file(str(cache))["latents"]
         log(f"latents from cache {cache}")
     else:
         lat = encode_all(vae, images)
         save_file({"latents": lat.contiguous()}, str(cache), metadata={"key": key})
-    scale = float(1.0 / lat.std())
+    # a reused VAE that a UNet stage already scaled keeps its factor (the shipped pipeline has one factor for every
+    # stage); a fresh VAE, or a VAE-only stage's (diffusers' default factor), is scaled by this data's 1/std
+    reused = a.vae_from and abs(float(vae.config.scaling_factor) - DEFAULT_SCALING) > 1e-6
+    scale = float(vae.config.scaling_factor) if reused else float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scale)
     lat = lat * scale
-    log(f"latents {tuple(lat.shape)} scaling_factor {scale:.4f}")
+    source = "kept from the reused VAE" if reused else "1/std of these latents"
+    log(f"latents {tuple(lat.shape)} scaling_factor {scale:.4f} ({source})")
     with torch.no_grad():
         x = to_float(images[:256])
         rec = vae.decode(lat[:256] / scale).sample

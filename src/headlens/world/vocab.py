@@ -183,21 +183,24 @@ def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
 
 
 def sample_caption(rng: np.random.Generator, p_two: float = 0.4, p_pattern: float = 0.4,
-                   orange_weight: float | None = None) -> str:
+                   orange_weight: float | None = None, fruit_weight: float | None = None) -> str:
     """Sample a training caption from the grammar (attributes sometimes left out).
 
     The caption mix: ``p_two`` is the share of two-object captions, ``p_pattern`` the chance that an object's
     caption says 'striped' or 'dotted' (half each; 'plain' is said 10 % of the time, the rest leaves the pattern
     unsaid), ``orange_weight`` the weight of the colour sense of 'orange' among the colours (the others weigh
-    1; default ``COLOR_WEIGHTS``). The defaults are the mix of the shipped CLIP and the first UNet stages.
+    1; default ``COLOR_WEIGHTS``), ``fruit_weight`` the weight of the fruit sense (the word 'orange' as a shape) among
+    the shapes (the others weigh 1; default ``SHAPE_WEIGHTS``). The defaults are the mix of the shipped CLIP and the
+    first UNet stages.
     """
     if not (0 <= p_two <= 1 and 0 <= p_pattern <= 0.9):
         raise ValueError(f"caption mix: p_two {p_two} must be in [0, 1] and p_pattern {p_pattern} in [0, 0.9]")
     colors = COLOR_WEIGHTS if orange_weight is None else {**COLOR_WEIGHTS, "orange": orange_weight}
+    shapes = SHAPE_WEIGHTS if fruit_weight is None else {**SHAPE_WEIGHTS, FRUIT: fruit_weight}
     n = 2 if rng.random() < p_two else 1
     objects = []
     for _ in range(n):
-        shape = _pick(rng, SHAPE_WEIGHTS)
+        shape = _pick(rng, shapes)
         o = ObjectSpec(shape=shape)
         if shape != FRUIT:
             if rng.random() < 0.75:
