@@ -11,9 +11,13 @@
 #   5. UNet, a third cycle from stage 4 with a new caption mix: 65 % two-object captions (was 40 %), patterns said
 #      60 % of the time (was 40 %), the colour sense of 'orange' at weight 0.2 (was 0.4), new renders (seed 2);
 #      two torch threads (50 min budget)
+#   6. UNet, a fourth cycle from stage 5: patterns said 80 % of the time, colour 'orange' at weight 0.1, seed 3
+#      (22 min budget, two threads)
+#   7. UNet, a fifth cycle from stage 6: the fruit sense of 'orange' three times as common as each other shape
+#      (--fruit-weight 3), seed 4 (25 min budget, two threads) -- the shipped UNet
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
-#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet3/pipeline/unet/. src/headlens/world/model/unet/
+#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet5/pipeline/unet/. src/headlens/world/model/unet/
 #   (the shipped VAE, tokenizer and scheduler are stage 3's: cp -r OUT/unet1/pipeline/. src/headlens/world/model/ first)
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
@@ -31,4 +35,10 @@ T="--threads 1"
 [ "$FIRST" -le 5 ] && $PY -m headlens.world.train --out "$OUT/unet3" --seed 2 --n-images 60000 \
     --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet2/pipeline" --arch sd \
     --unet-steps 7000 --lr 3e-4 --minutes 50 --threads 2 --p-two 0.65 --p-pattern 0.6 --orange-weight 0.2
-echo "done: $OUT/unet3/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"
+[ "$FIRST" -le 6 ] && $PY -m headlens.world.train --out "$OUT/unet4" --seed 3 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet3/pipeline" --arch sd \
+    --unet-steps 4000 --lr 2e-4 --minutes 22 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.1
+[ "$FIRST" -le 7 ] && $PY -m headlens.world.train --out "$OUT/unet5" --seed 4 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet4/pipeline" --arch sd \
+    --unet-steps 4000 --lr 2e-4 --minutes 25 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.1 --fruit-weight 3
+echo "done: $OUT/unet5/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"

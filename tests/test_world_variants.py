@@ -189,3 +189,32 @@ def test_binding_probe_section_is_what_the_script_prints(capsys) -> None:
     own, other = re.findall(r"object 2: a linear probe reads its own colour ([\d.]+) % and the other object's colour "
                             r"([\d.]+) %", printed)[0]
     assert float(own) > 90 and float(other) > 90  # the second shape token carries both colours, separably
+
+
+def test_training_json_stages_are_the_recipe_lines() -> None:
+    """Every UNet stage recorded in the default model's training.json ran with the flags that scripts/train_world.sh
+    gives the line writing the same folder (seed, learning rate, budget, threads, caption mix), and the recipe
+    has no UNet stage the record lacks: the shipped weights come from the committed recipe."""
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "train_world.sh").read_text().replace("\\\n", " ")
+    lines = {}
+    for line in script.splitlines():
+        m = re.search(r'--out "\$OUT/(unet\d+)"', line)
+        if m and "headlens.world.train" in line:
+            words = shlex.split(line.split("headlens.world.train", 1)[1].replace("$T", "--threads 1"))
+            lines[m.group(1)] = {w[2:].replace("-", "_"): v for w, v in zip(words, words[1:] + [""])
+                                 if w.startswith("--")}
+    info = json.loads((world.model_path() / "training.json").read_text())
+    recorded = {s["args"]["out"].split("/")[-1]: s["args"] for s in info["stages"]
+                if "unet" in s.get("args", {}).get("out", "")}
+    assert set(recorded) == set(lines) and len(lines) >= 5, (sorted(recorded), sorted(lines))
+    defaults = {"p_two": 0.4, "p_pattern": 0.4, "orange_weight": 0.4, "fruit_weight": 1.0, "threads": 2}
+    for name, flags in lines.items():
+        args = recorded[name]
+        for key in ("seed", "lr", "minutes", "unet_steps", "threads", "p_two", "p_pattern", "orange_weight",
+                    "fruit_weight"):
+            said = float(flags[key]) if key in flags else defaults.get(key)
+            assert said == pytest.approx(float(args.get(key, defaults.get(key)))), (name, key, said, args.get(key))
