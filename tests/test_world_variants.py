@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -218,3 +219,31 @@ def test_training_json_stages_are_the_recipe_lines() -> None:
                     "fruit_weight"):
             said = float(flags[key]) if key in flags else defaults.get(key)
             assert said == pytest.approx(float(args.get(key, defaults.get(key)))), (name, key, said, args.get(key))
+
+
+def test_binding_split_measures_on_ground_truth_renders() -> None:
+    """scripts/world_binding_split.py's reading of two-object images, on renders whose truth is known: the asked
+    scene, the colour-swapped scene, one colour painting both objects, and one shape drawn twice."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    measures = runpy.run_path(str(root / "scripts" / "world_binding_split.py"))["measures"]
+    scorer = world.Scorer()
+    from headlens.world.quality import Prompt
+    from headlens.world.vocab import parse_caption
+
+    asked = "a red circle on the left and a blue square on the right"
+    drawn = {"asked": asked, "swapped": "a blue circle on the left and a red square on the right",
+             "one colour": "a red circle on the left and a red square on the right",
+             "one shape": "a red circle on the left and a blue circle on the right"}
+    prompt = Prompt(asked, 0, parse_caption(asked))
+    got = {k: {m: v[0] for m, v in measures(scorer, [prompt], [np.asarray(world.render(c, seed=3)[0])]).items()}
+           for k, c in drawn.items()}
+    assert got["asked"] == {"an object missing": False, "colours swapped": False, "both colours present": True,
+                            "both shapes present": True}
+    assert got["swapped"] == {"an object missing": True, "colours swapped": True, "both colours present": True,
+                              "both shapes present": True}
+    assert got["one colour"] == {"an object missing": True, "colours swapped": False, "both colours present": False,
+                                 "both shapes present": True}
+    assert got["one shape"] == {"an object missing": True, "colours swapped": False, "both colours present": True,
+                                "both shapes present": False}
