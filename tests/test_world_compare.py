@@ -94,3 +94,23 @@ def test_at_a_glance_groups_match_each_shipped_report_verdicts() -> None:
     reports = {n: json.loads((docs / d / "report.json").read_text()) for n, d in
                (("world", "world-report"), ("world-joint", "world-report-joint"))}
     assert render_comparison(reports, DESCRIPTIONS) == regimes, "re-run `headlens world compare` (README command)"
+
+
+def test_ranking_verdict_names_the_direction() -> None:
+    """A significant negative ρ is the opposite of a prediction, not 'no relation'; the shipped reports say so."""
+    import re
+
+    from headlens.analysis.verdict import ranking_verdict
+
+    assert ranking_verdict(0.6, 0.001) == "beyond a random ranking"
+    assert ranking_verdict(0.6, 0.2) == ranking_verdict(-0.6, 0.2) == ranking_verdict(0.6, None) \
+        == "not beyond a random ranking"
+    assert ranking_verdict(-0.3, 0.01).startswith("inverted")
+    for folder in ("world-report", "world-report-joint"):
+        docs = Path(__file__).parents[1] / "docs"
+        r = json.loads((docs / folder / "report.json").read_text())
+        md = (docs / f"{folder}.md").read_text()
+        for concept, e in r["effects"]["concepts"].items():
+            line = re.search(rf"- single heads, {concept}: ρ\(effect, HRV\) (\S+) — (.+?) \(permutation p", md)
+            assert line, (folder, concept)
+            assert line.group(2) == ranking_verdict(e["spearman"]["mean"], e["spearman_p_perm"]), (folder, concept)

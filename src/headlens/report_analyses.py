@@ -18,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis.verdict import LERHF_MORHF, LERHF_RANDOM, RANDOM_MORHF, format_ci, weakening_verdict
+from .analysis.verdict import (
+    LERHF_MORHF,
+    LERHF_RANDOM,
+    RANDOM_MORHF,
+    format_ci,
+    ranking_verdict,
+    weakening_verdict,
+)
 
 RUN_FILES = ("summary.json", "run.json")
 
@@ -121,8 +128,7 @@ def _effects(folder: Path, s: dict) -> Analysis:
     if rho is not None and ci[0] is not None:
         line = f"Spearman(causal effect, HRV) {format_ci(rho, ci[0], ci[1])}"
         if p is not None:
-            line += f", permutation p {p:.2f}" + (" — beyond a random ranking" if p < 0.05 and rho > 0 else
-                                                  " — not beyond a random ranking")
+            line += f", permutation p {p:.2f} — {ranking_verdict(rho, p)}"
         parts.append(line + ".")
     if s.get("no_effect_heads"):
         parts.append(f"{s['no_effect_heads']} of {len(s.get('heads', []))} heads had no measurable effect.")

@@ -82,3 +82,15 @@ def format_ci(value: float, low: float, high: float, digits: int = 2) -> str:
 
 
 __all__ = ["LERHF_MORHF", "LERHF_RANDOM", "RANDOM_MORHF", "format_ci", "short_verdict", "sign", "weakening_verdict"]
+
+
+def ranking_verdict(rho: float, p: float | None) -> str:
+    """Single-head effects against the HRV ranking, in words: Spearman ρ and its two-sided permutation p.
+
+    A ranking *predicts* the effects only when ρ > 0 and p < 0.05; a significant negative ρ is the opposite
+    finding (the HRV's top heads have the smallest effects) and is said so, not folded into "no relation"."""
+    if p is None or p != p or p >= 0.05:
+        return "not beyond a random ranking"
+    if rho > 0:
+        return "beyond a random ranking"
+    return "inverted: the HRV's top heads have the smaller effects, beyond a random ranking"

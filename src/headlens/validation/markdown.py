@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from ..analysis.verdict import weakening_verdict
+from ..analysis.verdict import ranking_verdict, weakening_verdict
 
 
 def _f(ci: dict | None, pct: bool = False, d: int = 3) -> str:
@@ -403,10 +403,9 @@ def _verdicts(r: dict) -> list[str]:
         v = weakening_verdict(c["tokens"])
         out.append(f"{concept} (n={c['items']}): {v}")
     for concept, c in e["concepts"].items():
-        sig = c.get("spearman_p_perm", 1.0) < 0.05 and c["spearman"]["mean"] > 0
+        p_perm = c.get("spearman_p_perm", float("nan"))
         out.append(f"single heads, {concept}: ρ(effect, HRV) {c['spearman']['mean']:.2f}"
-                   + (" — beyond a random ranking" if sig else " — not beyond a random ranking")
-                   + f" (permutation p {c.get('spearman_p_perm', float('nan')):.2f})")
+                   f" — {ranking_verdict(c['spearman']['mean'], p_perm)} (permutation p {p_perm:.2f})")
     d = p["differences"].get("adjust")
     if d:
         out.append(f"polysemy: adjusting changes the colour-sense rate by {_f(d, True)}")
