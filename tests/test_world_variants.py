@@ -47,6 +47,13 @@ def test_unet_layouts() -> None:
     assert sorted({layer.resolution(16) for layer in idx.layers}) == [(2, 2), (4, 4), (8, 8), (16, 16)]
     with pytest.raises(ValueError, match="unknown UNet arch"):
         make_unet("dit")
+    # sd-wide: the same 80 heads under the same names (HRVs, plots and flags carry over), twice the head width at 16²
+    wide = make_unet("sd-wide")
+    assert HeadIndex.from_unet(wide).names == idx.names
+
+    def dims(unet):
+        return [m.inner_dim // m.heads for n, m in unet.named_modules() if n.endswith("attn2")]
+    assert dims(sd)[0] == 4 and dims(wide)[0] == 8 and min(dims(wide)) == 8
 
 
 def test_joint_model_ships_and_loads() -> None:

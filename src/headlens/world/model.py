@@ -61,23 +61,26 @@ def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     return te.eval()
 
 
-ARCHS = ("sd", "joint")
+ARCHS = ("sd", "sd-wide", "joint")
 
 
 def make_unet(arch: str = "sd") -> UNet2DConditionModel:
-    """The world UNet: 'sd' (default model) or 'joint' (the first, jointly trained model)."""
+    """The world UNet: 'sd' (default model), 'sd-wide' (the same layout and heads, 64 channels at 16²: 8-dim heads
+    where the objects are drawn instead of 4) or 'joint' (the first, jointly trained model)."""
     if arch == "sd":
         return make_unet_sd()
+    if arch == "sd-wide":
+        return make_unet_sd(channels=(64, 64, 64, 64))
     if arch == "joint":
         return make_unet_joint()
     raise ValueError(f"unknown UNet arch {arch!r}; use one of {', '.join(ARCHS)}")
 
 
-def make_unet_sd() -> UNet2DConditionModel:
+def make_unet_sd(channels: tuple[int, ...] = (32, 64, 64, 64)) -> UNet2DConditionModel:
     """SD1.x's layout, scaled down: 4 levels (16², 8², 4², mid 2²), 10 cross-attention layers x 8 heads = 80."""
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 64, 64),
+        block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=HEADS,  # legacy naming: with num_attention_heads unset this is the head count
