@@ -60,6 +60,8 @@ def test_joint_model_ships_and_loads() -> None:
     """`load_pipeline(variant="joint")` is the jointly trained 56-head model, with its own recipe recorded."""
     pipe = world.load_pipeline(variant="joint")
     assert _heads(pipe.unet) == [8] * 7
+    named = world.load_named("world-joint")  # scripts' --model: a CLI name or a folder
+    assert _heads(named.unet) == [8] * 7 and _heads(world.load_named(str(world.model_path())).unet) == [8] * 10
     info = json.loads((world.model_path("joint") / "training.json").read_text())
     assert info["recipe"] == "scripts/train_world_joint.sh"
     img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]

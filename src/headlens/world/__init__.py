@@ -16,6 +16,7 @@ __all__ = [
     "clip_path",
     "default_prompts",
     "load_clip",
+    "load_named",
     "load_pipeline",
     "model_path",
     "parse_caption",
@@ -88,6 +89,12 @@ def load_pipeline(torch_dtype=None, device: str | None = None, folder: str | Pat
     if device is not None:
         pipe = pipe.to(device)
     return pipe
+
+
+def load_named(model: str = "world", **kw):
+    """A world pipeline by its command-line name ('world', 'world-joint') or a pipeline folder (scripts' --model)."""
+    variant = variant_of(model)
+    return load_pipeline(folder=None if variant else model, variant=variant or "default", **kw)
 
 
 def __getattr__(name: str):
