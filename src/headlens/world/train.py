@@ -9,6 +9,7 @@ model's recipe) a text encoder is trained jointly with the UNet from scratch.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import time
@@ -37,7 +38,8 @@ from .tokenizer import build_tokenizer, check_tokenizer
 from .vocab import sample_caption
 
 
-DEFAULT_SCALING = 0.18215  # diffusers' AutoencoderKL default: a VAE no UNet stage has scaled yet
+# diffusers' AutoencoderKL default factor: a VAE that no UNet stage has scaled yet still carries it
+DEFAULT_SCALING = inspect.signature(AutoencoderKL.__init__).parameters["scaling_factor"].default
 
 
 class Log:
