@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+DEMO_ARGS ?=   # e.g. make demo DEMO_ARGS="--threads 1" on a machine another job shares
 
 .PHONY: setup demo test lint bench clean
 
@@ -15,7 +16,7 @@ $(VENV)/.headlens-installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/headlens demo --out demo-out
+	$(VENV)/bin/headlens demo --out demo-out $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest

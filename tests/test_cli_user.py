@@ -265,6 +265,16 @@ def test_old_prompt_cap_names_still_work(monkeypatch, capsys, tmp_path, no_model
     assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
 
 
+def test_negative_threads_is_a_one_line_error(monkeypatch, capsys, tmp_path, no_model):
+    import torch
+
+    before = torch.get_num_threads()
+    for args in (("demo",), ("world", "report")):
+        code, _, err = cli(monkeypatch, capsys, *args, "--threads", "-1", "--out", tmp_path / "t")
+        one_line_error(code, err, "--threads must be ≥ 0 (got -1)")
+    assert torch.get_num_threads() == before and not (tmp_path / "t").exists()
+
+
 def test_concept_option_is_accepted_wherever_a_concept_is_taken():
     takes_concept = {"weaken", "validate", "edit", "maps", "demo", "show", "report"}
     for name, cmd in _commands():

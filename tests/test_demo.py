@@ -19,8 +19,10 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 def test_demo_small(tmp_path):
     out = tmp_path / "demo"
     p = subprocess.run([sys.executable, "-m", "headlens", "demo", "--out", str(out), "--build-prompts", "8", "--steps", "4",
-                        "--weaken-prompts", "2", "--batch-size", "8"], capture_output=True, text=True, env=ENV, timeout=600)
+                        "--weaken-prompts", "2", "--batch-size", "8", "--threads", "1"], capture_output=True, text=True,
+                       env=dict(ENV, OMP_NUM_THREADS="2"), timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "8 prompts × 4 steps (1 torch thread)" in " ".join(p.stderr.split())  # --threads wins over the env
     hrv = HRV.load(out / "hrv")
     assert hrv.concepts == ["Color", "Shape", "Size", "Position", "Pattern", "Background"]
     assert hrv.metadata["num_prompts"] == 8 and hrv.num_heads == WORLD_HEADS  # the bundled model, not the tiny one

@@ -256,3 +256,11 @@ def test_binding_split_measures_on_ground_truth_renders() -> None:
                                  "both shapes present": True}
     assert got["one shape"] == {"an object missing": True, "colours swapped": False, "both colours present": True,
                                 "both shapes present": False}
+    # the library's two_metrics, which the table reads, adds the count and the said positions
+    from headlens.world.quality import two_metrics
+
+    full = {k: {m: v[0] for m, v in two_metrics(scorer, [prompt], [np.asarray(world.render(c, seed=3)[0])]).items()}
+            for k, c in drawn.items()}
+    assert all(f["two objects seen"] and not f["one object missing (count)"] for f in full.values())
+    assert full["asked"]["both objects right (colour+shape)"] and full["asked"]["positions right (when said)"]
+    assert not full["swapped"]["positions right (when said)"]  # the asked pairs are not drawn, so not placed

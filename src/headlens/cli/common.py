@@ -108,6 +108,20 @@ def at_least(value: float | None, minimum: float, flag: str) -> None:
         raise UserError(f"{flag} must be ≥ {minimum:g} (got {value:g})")
 
 
+THREADS_HELP = ("torch CPU threads; 0 = torch's default (one per core). 1 is bit-reproducible and fastest when "
+                "another job shares the machine's cores.")
+
+
+def set_threads(threads: int) -> int:
+    """--threads: set torch's CPU thread count (0 keeps torch's default); return the count in use."""
+    import torch
+
+    at_least(threads, 0, "--threads")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def check_size(size: int | None) -> None:
     """--size: a positive multiple of 8."""
     if size is not None and (size < 8 or size % 8):

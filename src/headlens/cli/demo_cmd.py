@@ -8,7 +8,18 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import DRY_RUN_HELP, at_least, calibrate, console, echo, output_folder, report_cost, stdout
+from .common import (
+    DRY_RUN_HELP,
+    THREADS_HELP,
+    at_least,
+    calibrate,
+    console,
+    echo,
+    output_folder,
+    report_cost,
+    set_threads,
+    stdout,
+)
 
 DEMO_PROMPTS = 64  # prompts of the demo's HRV build
 
@@ -45,6 +56,7 @@ def demo_command(
     concept: str = typer.Option(DEMO_CONCEPT, "--concept", "-c", help="Concept of the ordered weakening curve."),
     weaken_prompts: int = typer.Option(16, "--weaken-prompts", help="Prompts (× 2 seeds) of the weakening curve (a seeded random subset)."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per pipeline call."),
+    threads: int = typer.Option(0, "--threads", help=THREADS_HELP + " Default 0."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
     """Build HRVs on the bundled world model, print the top heads per concept, draw the HRV plots and
@@ -71,6 +83,7 @@ def demo_command(
     at_least(prompts, 1, "--build-prompts")
     at_least(weaken_prompts, 1, "--weaken-prompts")
     at_least(batch_size, 1, "--batch-size")
+    n_threads = set_threads(threads)
     concepts = ConceptSet.load("world")
     concept = concepts.names[concepts.index(concept)]  # an unknown concept fails here, before any work
     output_folder(out, create=not dry_run)
@@ -106,7 +119,8 @@ def demo_command(
         report_cost(total, calibrate(run, steps) / len(items),
                     f"generations ({len(prompt_list)} for the HRVs, about {distinct * n_weaken} for the weakening curve)")
         return
-    echo(f"[1/4] building HRVs on the {model_label}: {len(prompt_list)} prompts × {steps} steps")
+    echo(f"[1/4] building HRVs on the {model_label}: {len(prompt_list)} prompts × {steps} steps "
+         f"({n_threads} torch thread{'s' * (n_threads != 1)})")
     hrv = build(pipe, concepts, prompt_list, num_inference_steps=steps, guidance_scale=guidance, batch_size=batch_size,
                 seed=22, out=hrv_dir, resume=True, checkpoint_every=batch_size, progress=True)
     _print_top_heads(hrv, 5)

@@ -8,7 +8,18 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import DRY_RUN_HELP, UserError, calibrate, echo, output_file, output_folder, report_cost, stdout
+from .common import (
+    DRY_RUN_HELP,
+    THREADS_HELP,
+    UserError,
+    calibrate,
+    echo,
+    output_file,
+    output_folder,
+    report_cost,
+    set_threads,
+    stdout,
+)
 
 REPORT_EXAMPLES = """Examples:
 
@@ -28,15 +39,13 @@ def report_command(
     markdown: Path = typer.Option(None, "--markdown", help="Markdown file to write (default: <out>.md beside the folder)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sample sizes (a smoke run of every section, about a minute)."),
     model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled default model), 'world-joint' (the jointly trained one) or a local pipeline folder with the world's vocabulary."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads. 1 (default) is bit-reproducible and fastest on a busy shared machine; 0 = torch's default."),
+    threads: int = typer.Option(1, "--threads", help=THREADS_HELP + " Default 1."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
     """Validate the world model's HRVs against ground truth: control, weakening, single heads, polysemy, P2P, A&E."""
-    import torch
-
     from headlens import world
     from headlens.validation import ReportConfig, render_from_json, run_report
 
@@ -47,8 +56,7 @@ def report_command(
             raise UserError(f"no report.json in {out}; run `headlens world report --out {out}` first")
         echo(f"wrote {render_from_json(out, markdown)}")
         return
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     variant = world.variant_of(model)
     folder = None if variant else Path(model)
     path = folder or world.model_path(variant)

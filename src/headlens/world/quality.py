@@ -129,26 +129,28 @@ def single_metrics(scorer: Scorer, prompts: list[Prompt], imgs: list[np.ndarray]
 
 
 def two_metrics(scorer: Scorer, prompts: list[Prompt], imgs: list[np.ndarray]) -> dict[str, list[bool]]:
-    """Two-object prompts: object count, per-object presence (colour+shape), positions when said."""
+    """Two-object prompts: object count, per-object presence (colour+shape), which half of the binding is lost
+    (both asked colours / both asked shapes seen anywhere), positions when said."""
     hits: dict[str, list[bool]] = {k: [] for k in ("two objects seen", "one object missing (count)",
                                                    "both objects right (colour+shape)",
                                                    "an object missing (colour+shape)", "colours swapped",
+                                                   "both colours present", "both shapes present",
                                                    "positions right (when said)")}
     for p, img in zip(prompts, imgs):
         objs = scorer.score_objects(img)
         hits["two objects seen"].append(len(objs) >= 2)
         hits["one object missing (count)"].append(len(objs) < 2)
         found = [(o["Color"], o["Shape"]) for o in objs]
-        want = [(w.color, w.shape) for w in p.scene.objects]
-        present = [w in found for w in want]
+        a, b = p.scene.objects
+        present = [(w.color, w.shape) in found for w in (a, b)]
         hits["both objects right (colour+shape)"].append(all(present))
         hits["an object missing (colour+shape)"].append(not all(present))
-        swapped = [(want[0][0], want[1][1]), (want[1][0], want[0][1])]
-        hits["colours swapped"].append(len(objs) >= 2 and all(s in found for s in swapped))
-        if p.scene.objects[0].position is not None:
+        hits["colours swapped"].append(len(objs) >= 2 and (a.color, b.shape) in found and (b.color, a.shape) in found)
+        hits["both colours present"].append({a.color, b.color} <= {c for c, _ in found})
+        hits["both shapes present"].append({a.shape, b.shape} <= {s for _, s in found})
+        if a.position is not None:
             pos = {(o["Color"], o["Shape"]): o["Position"] for o in objs}
-            hits["positions right (when said)"].append(
-                all(pos.get((w.color, w.shape)) == w.position for w in p.scene.objects))
+            hits["positions right (when said)"].append(all(pos.get((w.color, w.shape)) == w.position for w in (a, b)))
     return hits
 
 
