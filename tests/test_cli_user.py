@@ -275,6 +275,12 @@ def test_negative_threads_is_a_one_line_error(monkeypatch, capsys, tmp_path, no_
     assert torch.get_num_threads() == before and not (tmp_path / "t").exists()
 
 
+def test_hard_polysemy_guidance_below_one_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    code, _, err = cli(monkeypatch, capsys, "world", "report", "--poly-hard-guidance", "0.5", "--out", tmp_path / "w")
+    one_line_error(code, err, "--poly-hard-guidance must be ≥ 1 (got 0.5)")
+    assert not (tmp_path / "w").exists()
+
+
 def test_concept_option_is_accepted_wherever_a_concept_is_taken():
     takes_concept = {"weaken", "validate", "edit", "maps", "demo", "show", "report"}
     for name, cmd in _commands():

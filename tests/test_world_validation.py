@@ -323,9 +323,12 @@ def test_quick_report_cli_on_bundled_world_model(tmp_path):
 
     from headlens.cli import app
 
-    res = CliRunner().invoke(app, ["world", "report", "--quick", "--out", str(tmp_path / "wr")])
+    res = CliRunner().invoke(app, ["world", "report", "--quick", "--out", str(tmp_path / "wr"),
+                                   "--poly-hard-guidance", "1.5"])
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "wr" / "report.json").read_text())
+    assert data["config"]["poly_hard_guidance"] == 1.5 and data["polysemy_hard"]["guidance"] == 1.5
+    assert "'an orange circle' at guidance 1.5" in (tmp_path / "wr.md").read_text()
     assert data["hrv"]["num_heads"] == WORLD_HEADS
     assert "## 2. Ordered weakening" in (tmp_path / "wr.md").read_text()
 

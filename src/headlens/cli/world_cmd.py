@@ -12,6 +12,7 @@ from .common import (
     DRY_RUN_HELP,
     THREADS_HELP,
     UserError,
+    at_least,
     calibrate,
     echo,
     output_file,
@@ -41,6 +42,7 @@ def report_command(
     model: str = typer.Option("world", "--model", "-m", help="'world' (the bundled default model), 'world-joint' (the jointly trained one) or a local pipeline folder with the world's vocabulary."),
     threads: int = typer.Option(1, "--threads", help=THREADS_HELP + " Default 1."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
+    poly_hard_guidance: float = typer.Option(None, "--poly-hard-guidance", help="Guidance of the hard polysemy case ('an orange circle'), low so that the model misreads 'orange' as the fruit (default: ReportConfig's; 1 = no classifier-free guidance)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
@@ -63,17 +65,20 @@ def report_command(
     if not (path / "model_index.json").exists():
         raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
                         "`python -m headlens.world.train` or give --model FOLDER")
+    at_least(poly_hard_guidance, 1.0, "--poly-hard-guidance")
     output_folder(out, create=not dry_run)
     pipe = world.load_pipeline(folder=folder, variant=variant or "default")
+    cfg = ReportConfig.quick() if quick else ReportConfig()
+    cfg.seed = seed
+    if poly_hard_guidance is not None:
+        cfg.poly_hard_guidance = poly_hard_guidance
     if dry_run:
-        _dry_run(pipe, ReportConfig.quick() if quick else ReportConfig())
+        _dry_run(pipe, cfg)
         return
     try:
         reader = world.Scorer()
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
-    cfg = ReportConfig.quick() if quick else ReportConfig()
-    cfg.seed = seed
     name = {"default": "bundled world model", "joint": "bundled world-joint model"}.get(variant, f"world model at {folder}")
     run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)
 
