@@ -1,6 +1,6 @@
 """Which token carries the fruit sense of "orange"? Column interventions on 'an orange circle'; writes docs/world.md.
 
-.venv/bin/python scripts/world_polysemy_route.py [--n 200] [--guidance 2] [--steps 8]
+.venv/bin/python scripts/world_polysemy_route.py [--n 200] [--guidance 2] [--steps 8] [--variant joint] [--section NAME]
 
 The report's hard polysemy case ('an orange circle' at low guidance) shows the fruit misreading
 and that adjusting the "orange" token does not reduce it. This script asks why: it removes or
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--variant", default="default", help="shipped world model: default or joint")
     ap.add_argument("--hrv", default=None, help="HRV folder (default: the model's report's, docs/world-report[-joint]/hrv)")
     ap.add_argument("--doc", default="docs/world.md")
+    ap.add_argument("--section", default="world-poly-route", help="the <!-- NAME:begin/end --> block of --doc to write")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -88,7 +89,7 @@ def main() -> None:
         md.append(f"| {name} | {fmt_ci(fruit[name])} | {'—' if name == 'plain' else diff(fruit[name], fruit['plain'])} "
                   f"| {fmt_ci(colour[name])} |")
     md.append(f"\n_{time.time() - t0:.0f} s on CPU (`scripts/world_polysemy_route.py`)._")
-    write_section(a.doc, "world-poly-route", "\n".join(md))
+    write_section(a.doc, a.section, "\n".join(md))
     print("\n".join(md))
 
 
