@@ -119,6 +119,27 @@ def test_caption_mix() -> None:
         sample_caption(np.random.default_rng(0), p_pattern=0.95)
 
 
+def test_training_timesteps() -> None:
+    """--t-high: with share 0 the draws are exactly the uniform ones of earlier stages (same generator stream);
+    with share p about p of the batch comes from [HIGH_T, 1000) on top of the uniform draws that land there."""
+    import torch
+
+    from headlens.world.train import HIGH_T, sample_timesteps
+
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(sample_timesteps(4096, g1), torch.randint(0, 1000, (4096,), generator=g2))
+    for share in (0.0, 0.5, 1.0):
+        t = sample_timesteps(20_000, torch.Generator().manual_seed(5), share)
+        assert t.min() >= 0 and t.max() < 1000
+        high = (t >= HIGH_T).float().mean().item()
+        assert abs(high - (share + (1 - share) * (1000 - HIGH_T) / 1000)) < 0.02, (share, high)
+    assert sample_timesteps(1000, torch.Generator().manual_seed(5), 1.0).min() >= HIGH_T
+    from headlens.world.train import main
+
+    with pytest.raises(SystemExit):  # argparse's one-line error, before anything is written
+        main(["--out", "/nonexistent/never-made", "--t-high", "1.5"])
+
+
 def test_tokenizer_single_tokens(tmp_path) -> None:
     from transformers import CLIPTokenizer
 

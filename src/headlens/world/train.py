@@ -40,6 +40,7 @@ from .vocab import sample_caption
 
 # diffusers' AutoencoderKL default factor: a VAE that no UNet stage has scaled yet still carries it
 DEFAULT_SCALING = inspect.signature(AutoencoderKL.__init__).parameters["scaling_factor"].default
+HIGH_T = 600  # --t-high draws from [HIGH_T, 1000): the noisiest 40 % of the schedule
 
 
 class Log:
@@ -67,6 +68,16 @@ def make_dataset(n: int, seed: int, **mix: float) -> tuple[list[str], np.ndarray
 def to_float(x: np.ndarray) -> torch.Tensor:
     """uint8 NCHW -> float in [-1, 1]."""
     return torch.from_numpy(x).float().div(127.5).sub(1.0)
+
+
+def sample_timesteps(n: int, gen: torch.Generator, high_share: float = 0.0, high_from: int = HIGH_T) -> torch.Tensor:
+    """Training timesteps: uniform on [0, 1000), except that a ``high_share`` of the batch is drawn from the noisy end
+    [``high_from``, 1000), where layout and colours are decided and the epsilon loss weighs the image least."""
+    t = torch.randint(0, 1000, (n,), generator=gen)
+    if high_share > 0:
+        high = torch.rand(n, generator=gen) < high_share
+        t = torch.where(high, torch.randint(high_from, 1000, (n,), generator=gen), t)
+    return t
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, progress: float | None = None) -> float:
@@ -143,10 +154,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=6e-4)
     ap.add_argument("--p-uncond", type=float, default=0.1)
+    ap.add_argument("--t-high", type=float, default=0.0,
+                    help=f"share of each batch whose timestep is drawn from [{HIGH_T}, 1000) instead of [0, 1000)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if not 0 <= a.t_high <= 1:
+        ap.error(f"--t-high {a.t_high} must be a share in [0, 1]")
     t_start = time.time()
     deadline = t_start + a.minutes * 60
     out = Path(a.out)
@@ -261,7 +276,7 @@ def main(argv: list[str] | None = None) -> Path:
         drop = torch.rand(a.batch, generator=gen) < a.p_uncond
         cap[drop] = empty
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (a.batch,), generator=gen)
+        t = sample_timesteps(a.batch, gen, a.t_high)
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.set_grad_enabled(not frozen):
