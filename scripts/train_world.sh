@@ -14,10 +14,12 @@
 #   6. UNet, a fourth cycle from stage 5: patterns said 80 % of the time, colour 'orange' at weight 0.1, seed 3
 #      (22 min budget, two threads)
 #   7. UNet, a fifth cycle from stage 6: the fruit sense of 'orange' three times as common as each other shape
-#      (--fruit-weight 3), seed 4 (25 min budget, two threads) -- the shipped UNet
+#      (--fruit-weight 3), seed 4 (25 min budget, two threads)
+#   8. UNet, a sixth cycle from stage 7: the colour sense of 'orange' rarer again (weight 0.02), seed 5 (25 min
+#      budget, two threads) -- the shipped UNet
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
-#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet5/pipeline/unet/. src/headlens/world/model/unet/
+#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet6/pipeline/unet/. src/headlens/world/model/unet/
 #   (the shipped VAE, tokenizer and scheduler are stage 3's: cp -r OUT/unet1/pipeline/. src/headlens/world/model/ first)
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
@@ -41,4 +43,7 @@ T="--threads 1"
 [ "$FIRST" -le 7 ] && $PY -m headlens.world.train --out "$OUT/unet5" --seed 4 --n-images 60000 \
     --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet4/pipeline" --arch sd \
     --unet-steps 4000 --lr 2e-4 --minutes 25 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.1 --fruit-weight 3
-echo "done: $OUT/unet5/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"
+[ "$FIRST" -le 8 ] && $PY -m headlens.world.train --out "$OUT/unet6" --seed 5 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet5/pipeline" --arch sd \
+    --unet-steps 4000 --lr 2e-4 --minutes 25 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.02 --fruit-weight 3
+echo "done: $OUT/unet6/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"
