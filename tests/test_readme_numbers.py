@@ -110,8 +110,10 @@ def test_readme_world_numbers_come_from_report_json(report):
         f"carry {round(100 * color['top3_share_of_positive_effect'])} % of its summed positive effect",
         f"at guidance {poly['guidance']:g} the fruit misreading is rare ({pct(poly['conditions']['plain']['fruit']['mean'])})",
         f"'an orange circle' at guidance {hard['guidance']:g} ({pct_ci(hard['conditions']['plain']['fruit'])}; the joint "
-        f"model: {pct(joint['polysemy_hard']['conditions']['plain']['fruit']['mean'])})",
-        f"little to fix ({pct_ci(hard['fruit_differences']['adjust'], sign=True)})",
+        f"model: {pct(joint['polysemy_hard']['conditions']['plain']['fruit']['mean'])} at guidance "
+        f"{joint['polysemy_hard']['guidance']:g})",
+        f"adjusting changes it by {pct_ci(hard['fruit_differences']['adjust'], sign=True)}, against "
+        f"{pct_ci(hard['fruit_differences']['adjust (head-shuffled HRV)'], sign=True)} with a head-shuffled HRV",
         f"colour edits ({report['p2p']['items']}): success {pct(p2p['P2P']['success']['mean'])} vs "
         f"{pct(p2p['P2P-HRV']['success']['mean'])} (P2P-HRV − P2P {pct_ci(report['p2p']['success_diff_hrv_minus_p2p'], sign=True)})",
         f"other attributes kept {pct(p2p['P2P']['all_kept']['mean'])} vs {pct(p2p['P2P-HRV']['all_kept']['mean'])}",

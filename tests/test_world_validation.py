@@ -204,6 +204,7 @@ def test_quick_report_end_to_end_on_tiny_model(sd_pipe, tmp_path, monkeypatch):
     scheduler = sd_pipe.scheduler
     cfg = ReportConfig.quick()
     cfg.ae_items = 3  # A&E rates from more than one prompt
+    cfg.p2p_items = 6  # P2P rates from enough pairs that the three methods can differ
     recorders = record_sections(monkeypatch, cfg)
     r = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, model_name="tiny model")
     assert sd_pipe.scheduler is scheduler  # put back
