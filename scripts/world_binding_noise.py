@@ -21,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
 from headlens import world
-from headlens.world.quality import two_metrics, two_prompts
+from headlens.world.quality import generate, two_metrics, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -54,11 +54,7 @@ def main() -> None:
             images += list((out * 255).round().astype(np.uint8))
         rows[f"noised to strength {strength:g}, denoised"] = images
         print(f"[{time.time() - t0:4.0f}s] strength {strength:g} done", flush=True)
-    rows["plain sampling from noise (txt2img)"] = [
-        (im * 255).round().astype(np.uint8) for i in range(0, len(prompts), 50)
-        for im in pipe([p.text for p in prompts[i:i + 50]], num_inference_steps=25, guidance_scale=5.0,
-                       output_type="np", generator=[torch.Generator().manual_seed(p.seed)
-                                                    for p in prompts[i:i + 50]]).images]
+    rows["plain sampling from noise (txt2img)"] = generate(pipe, prompts, 25, 5.0)
     md = [f"`scripts/world_binding_noise.py`, model `{a.model}`: the {len(prompts)} two-object prompts of "
           f"`two_prompts({a.n})`; each prompt's ground-truth render noised to img2img `strength` (the fraction of the "
           "noise schedule) and denoised with the prompt (DDIM 25 steps, guidance 5, the prompt's seed); read by "
