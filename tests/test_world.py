@@ -140,6 +140,46 @@ def test_training_timesteps() -> None:
         main(["--out", "/nonexistent/never-made", "--t-high", "1.5"])
 
 
+def test_object_masks_and_weighted_loss() -> None:
+    """--object-weight: the mask marks exactly the latent cells that hold a pixel painted off the background, and the
+    weighted loss is plain MSE at weight 1 and the hand-computed weighted mean otherwise."""
+    import torch
+    import torch.nn.functional as F
+
+    from headlens.world.render import render_array
+    from headlens.world.train import main, object_masks, weighted_mse
+    from headlens.world.vocab import BACKGROUNDS
+
+    caps = ["a small red circle on the left on a navy background", "a large green square at the top",
+            "a yellow cross at the bottom and a purple diamond at the top on a black background"]
+    imgs = np.stack([render_array(c, 7 + i)[0] for i, c in enumerate(caps)]).transpose(0, 3, 1, 2).copy()
+    m = object_masks(caps, imgs, imgs.shape[-1] // 2)
+    assert m.shape == (3, 1, imgs.shape[-1] // 2, imgs.shape[-1] // 2) and set(m.unique().tolist()) == {0.0, 1.0}
+    for i, bg in enumerate(["navy", "gray", "black"]):  # gray: the renderer's default background
+        off = np.any(imgs[i] != np.array(BACKGROUNDS[bg], dtype=np.uint8)[:, None, None], axis=0)
+        for y in range(m.shape[-1]):
+            for x in range(m.shape[-1]):
+                assert m[i, 0, y, x].item() == float(off[2 * y:2 * y + 2, 2 * x:2 * x + 2].any())
+    half = m.shape[-1] // 2  # the left object sits in the left half, the top/bottom ones in both halves
+    assert m[0, 0, :, :half].sum() > 0 and m[0, 0, :, half + 2:].sum() == 0
+    assert m[2, 0, :half].sum() > 0 and m[2, 0, half:].sum() > 0
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    assert torch.allclose(weighted_mse(pred, target, torch.ones(3, 1, 16, 16)), F.mse_loss(pred, target))
+    w = 1 + 3 * m
+    se = (pred - target).pow(2).sum(dim=1, keepdim=True)  # summed over the 4 channels, which share a weight
+    expect = (se * w).sum() / (4 * w.sum())
+    assert torch.allclose(weighted_mse(pred, target, w), expect)
+    on = m.bool().expand_as(pred)
+    assert weighted_mse(pred, target, w) != F.mse_loss(pred, target)
+    big = pred.clone()
+    big[on] += 10  # an error on the objects costs more under weight 4 than under plain MSE
+    assert weighted_mse(big, target, w) - weighted_mse(pred, target, w) > F.mse_loss(big, target) - F.mse_loss(pred, target)
+    with pytest.raises(SystemExit):
+        main(["--out", "/nonexistent/never-made", "--object-weight", "0"])
+
+
 def test_tokenizer_single_tokens(tmp_path) -> None:
     from transformers import CLIPTokenizer
 

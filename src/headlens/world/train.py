@@ -35,7 +35,7 @@ from .model import (
 )
 from .render import render_array
 from .tokenizer import build_tokenizer, check_tokenizer
-from .vocab import sample_caption
+from .vocab import BACKGROUNDS, DEFAULT_BACKGROUND, parse_caption, sample_caption
 
 
 # diffusers' AutoencoderKL default factor: a VAE that no UNet stage has scaled yet still carries it
@@ -78,6 +78,21 @@ def sample_timesteps(n: int, gen: torch.Generator, high_share: float = 0.0, high
         high = torch.rand(n, generator=gen) < high_share
         t = torch.where(high, torch.randint(high_from, 1000, (n,), generator=gen), t)
     return t
+
+
+def object_masks(captions: list[str], images: np.ndarray, latent_size: int) -> torch.Tensor:
+    """Where the objects are, at latent resolution: (N, 1, latent_size, latent_size), 1 in a latent cell with any
+    pixel off the caption's background colour (the renderer paints objects on a flat background), else 0."""
+    bg = np.array([BACKGROUNDS[parse_caption(c).background or DEFAULT_BACKGROUND] for c in captions], dtype=np.uint8)
+    on_object = (images != bg[:, :, None, None]).any(axis=1, keepdims=True)
+    return F.max_pool2d(torch.from_numpy(on_object).float(), images.shape[-1] // latent_size)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error with a per-cell weight (broadcast over channels), normalised by the weights' sum, so that
+    weight 1 everywhere is plain MSE."""
+    w = weight.expand_as(pred)
+    return ((pred - target).pow(2) * w).sum() / w.sum()
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, progress: float | None = None) -> float:
@@ -156,12 +171,16 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--p-uncond", type=float, default=0.1)
     ap.add_argument("--t-high", type=float, default=0.0,
                     help=f"share of each batch whose timestep is drawn from [{HIGH_T}, 1000) instead of [0, 1000)")
+    ap.add_argument("--object-weight", type=float, default=1.0,
+                    help="loss weight of latent cells on an object against 1 on the background (1: plain MSE)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     if not 0 <= a.t_high <= 1:
         ap.error(f"--t-high {a.t_high} must be a share in [0, 1]")
+    if a.object_weight <= 0:
+        ap.error(f"--object-weight {a.object_weight} must be > 0 (1 weighs objects like the background)")
     t_start = time.time()
     deadline = t_start + a.minutes * 60
     out = Path(a.out)
@@ -213,6 +232,9 @@ def main(argv: list[str] | None = None) -> Path:
         rec = vae.decode(lat[:256] / scale).sample
         log(f"vae reconstruction mse on 256 renders {F.mse_loss(rec, x).item():.5f}")
 
+    masks = object_masks(captions, images, lat.shape[-1]) if a.object_weight != 1 else None
+    if masks is not None:
+        log(f"object cells: {masks.mean().item():.1%} of the latent; weighted {a.object_weight} against 1")
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt")["input_ids"]
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt")["input_ids"]
@@ -282,7 +304,8 @@ def main(argv: list[str] | None = None) -> Path:
         with torch.set_grad_enabled(not frozen):
             enc = te(cap)[0]
         pred = unet(xt, t, encoder_hidden_states=enc).sample
-        loss = F.mse_loss(pred, noise)
+        loss = (F.mse_loss(pred, noise) if masks is None
+                else weighted_mse(pred, noise, 1 + (a.object_weight - 1) * masks[idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
