@@ -264,3 +264,39 @@ def test_binding_split_measures_on_ground_truth_renders() -> None:
     assert all(f["two objects seen"] and not f["one object missing (count)"] for f in full.values())
     assert full["asked"]["both objects right (colour+shape)"] and full["asked"]["positions right (when said)"]
     assert not full["swapped"]["positions right (when said)"]  # the asked pairs are not drawn, so not placed
+
+
+def test_head_effects_script_quick(tmp_path, monkeypatch) -> None:
+    """scripts/world_head_effects.py --quick: the report's HRV build and single-head section on the shipped UNet,
+    its ρ equal to a Spearman correlation recomputed from the effects and HRV values it wrote."""
+    import runpy
+    import sys
+
+    from scipy.stats import spearmanr
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(sys, "argv", ["world_head_effects.py", "--quick", "--out", str(tmp_path)])
+    runpy.run_path(str(root / "scripts" / "world_head_effects.py"), run_name="__main__")
+    res = json.loads((tmp_path / "effects.json").read_text())
+    c = res["concepts"]["Color"]
+    assert res["model"] == "world" and c["heads"] == len(c["effects"]) == len(c["hrv_values"]) == 4
+    assert c["spearman"]["mean"] == pytest.approx(spearmanr(c["effects"], c["hrv_values"]).statistic, abs=1e-6)
+    assert 0.0 <= c["spearman_p_perm"] <= 1.0 and (tmp_path / "hrv").is_dir()
+
+
+def test_remeasure_script_steps(tmp_path) -> None:
+    """scripts/remeasure_world.sh names only scripts that exist, resumes from a step, and stops at a failing one."""
+    import os
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "remeasure_world.sh"
+    named = re.findall(r"(scripts/\w+\.py|docs/images/\w+\.sh)", script.read_text())
+    assert len(named) == 7 and all((root / p).is_file() for p in named), named
+    env = dict(os.environ, HL="echo", PY="echo")
+    out = subprocess.run(["bash", str(script), "10"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["== step 10: echo demo", "demo"], out
+    env["HL"] = "false"
+    out = subprocess.run(["bash", str(script), "10"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0
