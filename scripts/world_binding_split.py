@@ -14,6 +14,7 @@ Writes the `world-binding-split` block of docs/world.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def main() -> None:
             m = measures(scorer, ps, [im for im, k in zip(images, keep) if k])
             rows.append(f"| {steps} | {cfg:g} | {REMOVED[zero]} | {name} | "
                         + " | ".join(fmt_ci(m[k]) for k in keys) + " |")
-        print(rows[-1], flush=True)
+        print(rows[-1], file=sys.stderr, flush=True)  # progress
     md = "\n".join([f"`scripts/world_binding_split.py`, model `{a.model}`: the 200 two-object prompts of "
                     f"`two_prompts(200)` (different colours and shapes, positions said for {sum(said)}), one seed each, read by "
                     "`headlens.world.Scorer`; columns removed: those token classes' attention set to 0 at every head "

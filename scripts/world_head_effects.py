@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from headlens import world
+from headlens.analysis.common import GenerationSettings
 from headlens.concepts import ConceptSet
 from headlens.validation.world_report import (
     ReportConfig,
@@ -45,8 +46,6 @@ def main() -> None:
     control = random_init_control(pipe, cfg.control_seed)
     for p in (pipe, control):
         use_scheduler(p, cfg.scheduler)
-    from headlens.analysis.common import GenerationSettings
-
     settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, batch_size=cfg.batch_size)
     concepts = ConceptSet.load("world")
     prompts = world.default_prompts(cfg.hrv_prompts)
