@@ -54,6 +54,11 @@ def test_unet_layouts() -> None:
     def dims(unet):
         return [m.inner_dim // m.heads for n, m in unet.named_modules() if n.endswith("attn2")]
     assert dims(sd)[0] == 4 and dims(wide)[0] == 8 and min(dims(wide)) == 8
+    # sd-deep: SD1.x's depth, 16 cross-attention layers x 8 heads = 128 heads (2 per down level, 3 per up level)
+    deep = HeadIndex.from_unet(make_unet("sd-deep"))
+    assert len(deep) == 128 and len(deep.layers) == 16
+    per_res = [layer.resolution(16) for layer in deep.layers]
+    assert {r: per_res.count(r) for r in set(per_res)} == {(16, 16): 5, (8, 8): 5, (4, 4): 5, (2, 2): 1}
 
 
 def test_joint_model_ships_and_loads() -> None:

@@ -61,25 +61,30 @@ def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     return te.eval()
 
 
-ARCHS = ("sd", "sd-wide", "joint")
+ARCHS = ("sd", "sd-wide", "sd-deep", "joint")
 
 
 def make_unet(arch: str = "sd") -> UNet2DConditionModel:
     """The world UNet: 'sd' (default model), 'sd-wide' (the same layout and heads, 64 channels at 16²: 8-dim heads
-    where the objects are drawn instead of 4) or 'joint' (the first, jointly trained model)."""
+    where the objects are drawn instead of 4), 'sd-deep' (SD1.x's depth: two resnet + attention pairs per down level
+    and three per up level, so SD1.x's 16 cross-attention layers x 8 heads = 128 heads) or 'joint' (the first, jointly
+    trained model)."""
     if arch == "sd":
         return make_unet_sd()
     if arch == "sd-wide":
         return make_unet_sd(channels=(64, 64, 64, 64))
+    if arch == "sd-deep":
+        return make_unet_sd(layers_per_block=2)
     if arch == "joint":
         return make_unet_joint()
     raise ValueError(f"unknown UNet arch {arch!r}; use one of {', '.join(ARCHS)}")
 
 
-def make_unet_sd(channels: tuple[int, ...] = (32, 64, 64, 64)) -> UNet2DConditionModel:
-    """SD1.x's layout, scaled down: 4 levels (16², 8², 4², mid 2²), 10 cross-attention layers x 8 heads = 80."""
+def make_unet_sd(channels: tuple[int, ...] = (32, 64, 64, 64), layers_per_block: int = 1) -> UNet2DConditionModel:
+    """SD1.x's layout, scaled down: 4 levels (16², 8², 4², mid 2²); with one layer per block 10 cross-attention layers
+    x 8 heads = 80, with two (SD1.x's) 16 x 8 = 128."""
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
         block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),

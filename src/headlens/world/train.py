@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> Path:
                     help="UNet steps; the cosine schedule follows max(step/steps, time used/time left), so a "
                     "slow machine ends on time with a decayed learning rate (the log says which bound ended it)")
     ap.add_argument("--no-time-schedule", action="store_true", help="schedule by steps only (exact repeats)")
-    ap.add_argument("--arch", choices=ARCHS, default="sd", help="UNet layout: sd (80 heads), sd-wide (the same 80 heads, 8-dim at 16²) or joint (56 heads)")
+    ap.add_argument("--arch", choices=ARCHS, default="sd", help="UNet layout: sd (80 heads), sd-wide (the same 80 heads, 8-dim at 16²), sd-deep (SD1.x's "
+                    "16 layers x 8 = 128 heads) or joint (56 heads)")
     ap.add_argument("--text-encoder-from", default="",
                     help="a world CLIP folder (headlens.world.clip_train): its text tower, frozen, is the text "
                     "encoder; without it the text encoder trains jointly with the UNet")
