@@ -32,6 +32,11 @@ def swapped(p: Prompt) -> str:
 
 def probe(x: torch.Tensor, y: torch.Tensor, n_train: int) -> float:
     """Held-out accuracy of a multinomial logistic regression (L-BFGS, small L2) on standardised features."""
+    return probe_hits(x, y, n_train).float().mean().item()
+
+
+def probe_hits(x: torch.Tensor, y: torch.Tensor, n_train: int) -> torch.Tensor:
+    """Held-out hits (bool per row after n_train) of the probe above, fit on the first n_train rows."""
     mu, sd = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
     x = (x - mu) / sd
     lin = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
@@ -45,7 +50,17 @@ def probe(x: torch.Tensor, y: torch.Tensor, n_train: int) -> float:
 
     opt.step(closure)
     with torch.no_grad():
-        return (lin(x[n_train:]).argmax(-1) == y[n_train:]).float().mean().item()
+        return lin(x[n_train:]).argmax(-1) == y[n_train:]
+
+
+def probe_each(x1: torch.Tensor, x2: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor,
+               n_train: int) -> tuple[float, float]:
+    """One probe fit on the first n_train rows of both sets together; held-out accuracy on each set apart."""
+    n = len(x1)
+    x = torch.cat([x1[:n_train], x2[:n_train], x1[n_train:], x2[n_train:]])
+    y = torch.cat([y1[:n_train], y2[:n_train], y1[n_train:], y2[n_train:]])
+    hit = probe_hits(x, y, 2 * n_train)
+    return hit[: n - n_train].float().mean().item(), hit[n - n_train:].float().mean().item()
 
 
 def main() -> None:
@@ -86,6 +101,11 @@ def main() -> None:
         print(f"- Hidden state at the shape token of object {k}: a linear probe reads its own colour "
               f"{100 * probe(x, torch.tensor(own[k]), n_train):.1f} % and the other object's colour "
               f"{100 * probe(x, torch.tensor(other[k]), n_train):.1f} %.")
+    # one read for both tokens, as one value projection of a cross-attention head would be
+    both = probe_each(torch.stack(states[1]), torch.stack(states[2]), torch.tensor(own[1]), torch.tensor(own[2]),
+                      n_train)
+    print(f"- One linear probe fit on both shape tokens at once reads each one's own colour: object 1 "
+          f"{100 * both[0]:.1f} %, object 2 {100 * both[1]:.1f} %.")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,61 @@ def test_binding_split_measures_on_ground_truth_renders() -> None:
     assert not full["swapped"]["positions right (when said)"]  # the asked pairs are not drawn, so not placed
 
 
+def test_binding_attention_pieces() -> None:
+    """scripts/world_binding_attention.py: objects read apart on renders whose truth is known, word positions, the
+    attention shares of a mask on maps computed by hand, and the recorder leaving the images as plain attention."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    ns = runpy.run_path(str(root / "scripts" / "world_binding_attention.py"))
+    from headlens.world.quality import Prompt
+    from headlens.world.vocab import parse_caption
+
+    scorer = world.Scorer()
+    asked = "a red circle on the left and a blue square on the right"
+    prompt = Prompt(asked, 0, parse_caption(asked))
+
+    def reads(caption):
+        return {k: kind for k, _, kind in ns["object_reads"](scorer, prompt, np.asarray(world.render(caption, seed=3)[0]))}
+    assert reads(asked) == {1: "own", 2: "own"}
+    assert reads("a blue circle on the left and a red square on the right") == {1: "other", 2: "other"}
+    assert reads("a red circle on the left and a green square on the right") == {1: "own", 2: "else"}
+    assert reads("a red circle on the left and a blue triangle on the right") == {1: "own"}
+    # one drawn mask per asked object, on the side where it was drawn
+    masks = {k: m for k, m, _ in ns["object_reads"](scorer, prompt, np.asarray(world.render(asked, seed=3)[0]))}
+    assert np.nonzero(masks[1])[1].mean() < 16 < np.nonzero(masks[2])[1].mean()
+
+    pipe = world.load_pipeline()
+    pos = ns["token_positions"](pipe.tokenizer, prompt)
+    words = [w.replace("</w>", "") for w in pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(asked)["input_ids"])]
+    assert [words[pos[k]] for k in ("c1", "s1", "c2", "s2", "end")] == ["red", "circle", "blue", "square",
+                                                                          "<|endoftext|>"]
+    # shares: a map (HW=8x8, K=24) whose left half looks at 'red' and right half at 'blue'
+    amap = torch.zeros(64, 24)
+    col = torch.arange(64) % 8
+    amap[col < 4, pos["c1"]] = 1.0
+    amap[col >= 4, pos["c2"]] = 1.0
+    left = ns["shares"](amap, masks[1], pos, 1)
+    assert left["own colour word"] == pytest.approx(1.0) and left["other colour word"] == pytest.approx(0.0)
+    right = ns["shares"](amap, masks[2], pos, 2)
+    assert right["own colour word"] == pytest.approx(1.0) and right["end + padding"] == 0.0
+    uniform = ns["shares"](torch.full((256, 24), 1 / 24), masks[1], pos, 1)
+    assert uniform["end + padding"] == pytest.approx((24 - pos["end"]) / 24)
+
+    # the recorder is plain attention: same images as the stock processors; it keeps (B, HW, K) maps summing to 1
+    gen = torch.Generator().manual_seed(0)
+    plain = pipe([asked] * 2, num_inference_steps=3, guidance_scale=5.0, generator=gen, output_type="np").images
+    rec = ns["MapRecorder"](early=2)
+    pipe.unet.set_attn_processor({n: rec.bind(n) if ".attn2." in n else p for n, p in pipe.unet.attn_processors.items()})
+    gen = torch.Generator().manual_seed(0)
+    got = pipe([asked] * 2, num_inference_steps=3, guidance_scale=5.0, generator=gen, output_type="np").images
+    np.testing.assert_allclose(got, plain, atol=1e-5)
+    assert len(rec.sums) == 10 and all(c == 3 for c in rec.calls.values())
+    for s in rec.sums.values():
+        assert s.shape[0] == 2 and s.shape[2] == 24
+        torch.testing.assert_close(s.sum(-1), torch.full(s.shape[:2], 2.0))  # two steps kept, each row sums to 1
+
+
 def test_head_effects_script_quick(tmp_path, monkeypatch) -> None:
     """scripts/world_head_effects.py --quick: the report's HRV build and single-head section on the shipped UNet,
     its ρ equal to a Spearman correlation recomputed from the effects and HRV values it wrote."""

@@ -151,8 +151,8 @@ class Scorer:
         self.net.eval()
 
     @torch.no_grad()
-    def score_objects(self, image: Image.Image | np.ndarray) -> list[dict[str, str]]:
-        """Per-object concepts (left-to-right, top-to-bottom); empty list when no object is seen."""
+    def read_blobs(self, image: Image.Image | np.ndarray) -> list[tuple[Blob, dict[str, str]]]:
+        """The (at most two) largest objects, largest first, each with its pixel mask and its concepts."""
         arr = to_array(image)
         _, bg_rgb = background(arr)
         found = blobs(arr, bg_rgb)[:2]
@@ -160,12 +160,17 @@ class Scorer:
             return []
         x = torch.from_numpy(np.stack([crop(arr, b, bg_rgb) for b in found])).float()
         logits = self.net(x)
-        objs = []
+        out = []
         for i, b in enumerate(found):
             o = {k: HEADS[k][int(logits[k][i].argmax())] for k in HEADS}
             o["Position"] = position(b.cx, b.cy, len(found))
             o["area"] = b.area
-            objs.append(o)
+            out.append((b, o))
+        return out
+
+    def score_objects(self, image: Image.Image | np.ndarray) -> list[dict[str, str]]:
+        """Per-object concepts (left-to-right, top-to-bottom); empty list when no object is seen."""
+        objs = [o for _, o in self.read_blobs(image)]
         return sorted(objs, key=lambda o: (ANCHORS[o["Position"]][0], ANCHORS[o["Position"]][1]))
 
     def score(self, image: Image.Image | np.ndarray) -> dict[str, str | None]:
