@@ -26,3 +26,4 @@ step 7 "$PY" scripts/world_steps.py --prompts 80
 step 8 "$PY" scripts/world_polysemy_route.py --guidance 1 --section world-poly-route-default
 step 9 bash docs/images/make_examples.sh
 step 10 "$HL" demo
+step 11 "$PY" scripts/world_binding_attention.py
