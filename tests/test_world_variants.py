@@ -102,6 +102,40 @@ def test_clip_pretraining_then_frozen_text_encoder(tmp_path) -> None:
     pipe = world.load_pipeline(folder=pipe_dir)
     assert _heads(pipe.unet) == [8] * 10
     assert "frozen" in (tmp_path / "unet" / "train.log").read_text()
+    # a later stage may grow the UNet: sd-tx2 from this sd UNet; a layout that is not a growth is refused
+    grown_dir = train_main(["--out", str(tmp_path / "tx2"), "--vae-from", str(vae), "--text-encoder-from",
+                            str(clip_dir), "--init-from", str(pipe_dir), "--arch", "sd-tx2", "--unet-steps", "1",
+                            "--batch", "4", "--minutes", "3", *small])
+    assert _heads(world.load_pipeline(folder=grown_dir).unet) == [8] * 20
+    assert "10 new transformer blocks" in (tmp_path / "tx2" / "train.log").read_text()
+    with pytest.raises(SystemExit, match="cannot grow this UNet"):
+        train_main(["--out", str(tmp_path / "wide"), "--vae-from", str(vae), "--text-encoder-from", str(clip_dir),
+                    "--init-from", str(pipe_dir), "--arch", "sd-wide", "--unet-steps", "1", "--batch", "4",
+                    "--minutes", "3", *small])
+
+
+def test_grow_unet_starts_as_the_source() -> None:
+    """grow_unet: an sd UNet's weights in an sd-tx2 UNet compute exactly what the sd UNet computes; the new blocks
+    are the only new weights, their residual outputs start at 0 and still get gradients."""
+    from headlens import HeadIndex
+    from headlens.world.model import grow_unet
+
+    torch.manual_seed(0)
+    src = make_unet("sd")
+    for p in src.parameters():  # non-trivial weights everywhere (diffusers zero-inits some outputs itself)
+        p.data.normal_(0, 0.05)
+    big = make_unet("sd-tx2")
+    new = grow_unet(big, src.state_dict())
+    assert len(new) == 10 and all(n.endswith(".transformer_blocks.1") for n in new)
+    assert len(HeadIndex.from_unet(big)) == 160
+    x, t, c = torch.randn(3, 4, 16, 16), torch.tensor([5, 400, 950]), torch.randn(3, 24, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x, t, c).sample, src(x, t, c).sample, rtol=0, atol=0)
+    big(x, t, c).sample.pow(2).mean().backward()
+    out = dict(big.named_parameters())[new[0] + ".attn2.to_out.0.weight"]
+    assert out.abs().max() == 0 and out.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="cannot grow this UNet from those weights"):
+        grow_unet(make_unet("sd-tx2"), make_unet("joint").state_dict())
 
 
 def test_clip_loss_treats_repeated_captions_as_positives() -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -61,36 +63,69 @@ def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     return te.eval()
 
 
-ARCHS = ("sd", "sd-wide", "sd-deep", "joint")
+ARCHS = ("sd", "sd-wide", "sd-deep", "sd-tx2", "joint")
 
 
 def make_unet(arch: str = "sd") -> UNet2DConditionModel:
     """The world UNet: 'sd' (default model), 'sd-wide' (the same layout and heads, 64 channels at 16²: 8-dim heads
     where the objects are drawn instead of 4), 'sd-deep' (SD1.x's depth: two resnet + attention pairs per down level
     and three per up level, so SD1.x's 16 cross-attention layers x 8 heads = 128 heads) or 'joint' (the first, jointly
-    trained model)."""
+    trained model). 'sd-tx2': the 'sd' layout with two transformer blocks in each attention module (SDXL's way of
+    stacking them): 20 cross-attention layers x 8 heads = 160, and each resolution gets a second read of the prompt
+    after the first; `grow_unet` starts it from a trained 'sd' UNet, computing exactly what that UNet computes."""
     if arch == "sd":
         return make_unet_sd()
     if arch == "sd-wide":
         return make_unet_sd(channels=(64, 64, 64, 64))
     if arch == "sd-deep":
         return make_unet_sd(layers_per_block=2)
+    if arch == "sd-tx2":
+        return make_unet_sd(transformer_layers=2)
     if arch == "joint":
         return make_unet_joint()
     raise ValueError(f"unknown UNet arch {arch!r}; use one of {', '.join(ARCHS)}")
 
 
-def make_unet_sd(channels: tuple[int, ...] = (32, 64, 64, 64), layers_per_block: int = 1) -> UNet2DConditionModel:
+def make_unet_sd(channels: tuple[int, ...] = (32, 64, 64, 64), layers_per_block: int = 1,
+                 transformer_layers: int = 1) -> UNet2DConditionModel:
     """SD1.x's layout, scaled down: 4 levels (16², 8², 4², mid 2²); with one layer per block 10 cross-attention layers
-    x 8 heads = 80, with two (SD1.x's) 16 x 8 = 128."""
+    x 8 heads = 80, with two (SD1.x's) 16 x 8 = 128; transformer_layers stacks that many blocks in each."""
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
+        transformer_layers_per_block=transformer_layers,
         block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=HEADS,  # legacy naming: with num_attention_heads unset this is the head count
         cross_attention_dim=TEXT_DIM, norm_num_groups=16,
     )
+
+
+# the layers whose output a transformer block adds to its input: zeroed, the block passes its input through unchanged
+_BLOCK_OUTPUTS = ("attn1.to_out.0.", "attn2.to_out.0.", "ff.net.2.")
+
+
+def grow_unet(unet: UNet2DConditionModel, state: dict) -> list[str]:
+    """Load a UNet's weights into one with more transformer blocks per attention module ('sd' into 'sd-tx2').
+
+    Every weight of `state` goes to the same name; each block `state` lacks (`transformer_blocks.N`, N >= 1) keeps
+    its fresh initialisation except for the layers that write into the residual stream, which are set to 0, so the
+    grown UNet computes exactly what the source did and training starts from there. Returns the new blocks' names.
+    """
+    own = unet.state_dict()
+    extra = sorted(k for k in own if k not in state)
+    missing = sorted(k for k in state if k not in own or own[k].shape != state[k].shape)
+    bad = [k for k in extra if ".transformer_blocks." not in k or ".transformer_blocks.0." in k]
+    if missing or bad:
+        raise ValueError(f"cannot grow this UNet from those weights: {len(missing)} weights do not fit "
+                         f"(e.g. {(missing or bad)[0]}); grow only adds transformer blocks (--arch sd-tx2 from sd)")
+    unet.load_state_dict({**own, **state})
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name in extra and any(o in name for o in _BLOCK_OUTPUTS):
+                p.zero_()
+    return sorted({k.split(".transformer_blocks.")[0] + ".transformer_blocks." + k.split(".transformer_blocks.")[1]
+                   .split(".")[0] for k in extra})
 
 
 def make_unet_joint() -> UNet2DConditionModel:

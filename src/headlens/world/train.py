@@ -27,6 +27,7 @@ from .model import (
     ARCHS,
     make_pipeline,
     make_text_encoder,
+    grow_unet,
     make_unet,
     make_vae,
     save_pipeline,
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> Path:
                     "slow machine ends on time with a decayed learning rate (the log says which bound ended it)")
     ap.add_argument("--no-time-schedule", action="store_true", help="schedule by steps only (exact repeats)")
     ap.add_argument("--arch", choices=ARCHS, default="sd", help="UNet layout: sd (80 heads), sd-wide (the same 80 heads, 8-dim at 16²), sd-deep (SD1.x's "
-                    "16 layers x 8 = 128 heads) or joint (56 heads)")
+                    "16 layers x 8 = 128 heads), sd-tx2 (two transformer blocks per module, 160 heads; --init-from "
+                    "an sd UNet grows it) or joint (56 heads)")
     ap.add_argument("--text-encoder-from", default="",
                     help="a world CLIP folder (headlens.world.clip_train): its text tower, frozen, is the text "
                     "encoder; without it the text encoder trains jointly with the UNet")
@@ -256,7 +258,15 @@ def main(argv: list[str] | None = None) -> Path:
     te_ema = te if frozen else make_text_encoder(tok)
     if a.init_from:
         src = Path(a.init_from)
-        unet.load_state_dict(load_file(str(src / "unet" / "diffusion_pytorch_model.safetensors")))
+        state = load_file(str(src / "unet" / "diffusion_pytorch_model.safetensors"))
+        if set(state) == set(unet.state_dict()):
+            unet.load_state_dict(state)
+        else:
+            try:
+                grown = grow_unet(unet, state)
+            except ValueError as e:
+                raise SystemExit(f"--init-from {src} with --arch {a.arch}: {e}") from None
+            log(f"grew the UNet from {src}: {len(grown)} new transformer blocks, each starting as the identity")
         if not frozen:
             te.load_state_dict(load_file(str(src / "text_encoder" / "model.safetensors")))
         log(f"initialised UNet{'' if frozen else ' and text encoder'} from {src}")
