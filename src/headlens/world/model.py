@@ -1,6 +1,7 @@
 """Configs of the world's models and pipeline assembly."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -124,8 +125,7 @@ def grow_unet(unet: UNet2DConditionModel, state: dict) -> list[str]:
         for name, p in unet.named_parameters():
             if name in extra and any(o in name for o in _BLOCK_OUTPUTS):
                 p.zero_()
-    return sorted({k.split(".transformer_blocks.")[0] + ".transformer_blocks." + k.split(".transformer_blocks.")[1]
-                   .split(".")[0] for k in extra})
+    return sorted({re.match(r"(.*\.transformer_blocks\.\d+)\.", k).group(1) for k in extra})
 
 
 def make_unet_joint() -> UNet2DConditionModel:
