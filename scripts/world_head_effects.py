@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 
 from headlens import world
-from headlens.analysis.common import GenerationSettings
-from headlens.concepts import ConceptSet
 from headlens.validation.world_report import (
     ReportConfig,
-    build_hrvs,
     effects_section,
     fmt,
     random_init_control,
+    report_hrvs,
+    report_settings,
     use_scheduler,
 )
 
@@ -46,10 +45,9 @@ def main() -> None:
     control = random_init_control(pipe, cfg.control_seed)
     for p in (pipe, control):
         use_scheduler(p, cfg.scheduler)
-    settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, batch_size=cfg.batch_size)
-    concepts = ConceptSet.load("world")
-    prompts = world.default_prompts(cfg.hrv_prompts)
-    hrv, control_hrv = build_hrvs(pipe, prompts, cfg, concepts)[0], build_hrvs(control, prompts, cfg, concepts)[0]
+    settings = report_settings(cfg)
+    trained, ctrl = report_hrvs(pipe, control, cfg)
+    hrv, control_hrv = trained[0], ctrl[0]
     hrv.save(out / "hrv")
     res = effects_section(pipe, hrv, control_hrv, world.Scorer(), cfg, settings, print, out)
     res["model"] = a.model

@@ -871,6 +871,24 @@ def attention_mass(pipe, prompts: Sequence[str], settings) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the report
+def report_settings(cfg: ReportConfig):
+    """The generation settings every section of the report runs at."""
+    from ..analysis.common import GenerationSettings
+
+    return GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, batch_size=cfg.batch_size)
+
+
+def report_hrvs(pipe, control, cfg: ReportConfig) -> tuple[list, list]:
+    """The report's HRV builds (`build_hrvs`) on the trained pipeline and on its random-init control, from the world
+    concept set and `cfg.hrv_prompts` default prompts."""
+    from ..concepts import ConceptSet
+    from ..world import default_prompts
+
+    concepts = ConceptSet.load("world")
+    prompts = default_prompts(cfg.hrv_prompts)
+    return build_hrvs(pipe, prompts, cfg, concepts), build_hrvs(control, prompts, cfg, concepts)
+
+
 def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = None, control=None,
                markdown: str | Path | None = None, log: Callable[[str], None] | None = print,
                model_name: str = "bundled world model", resume: bool = False) -> dict:
@@ -882,10 +900,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     Each finished section is kept in ``out/.partial/`` until the report is written; ``resume=True``
     reuses those of an interrupted run with the same model and configuration.
     """
-    from ..analysis.common import GenerationSettings
-    from ..concepts import ConceptSet
     from ..hrv import HRV
-    from ..world import default_prompts
 
     cfg = config or ReportConfig()
     out = Path(out)
@@ -897,8 +912,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     old = use_scheduler(pipe, cfg.scheduler)
     control = control if control is not None else random_init_control(pipe, cfg.control_seed)
     old_c = use_scheduler(control, cfg.scheduler)
-    settings = GenerationSettings(num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
-                                  batch_size=cfg.batch_size)
+    settings = report_settings(cfg)
     report: dict = {"model": model_name, "config": _jsonable(asdict(cfg)),
                     "model_info": {"unet_parameters": sum(p.numel() for p in pipe.unet.parameters()),
                                    "text_encoder_parameters": sum(p.numel() for p in pipe.text_encoder.parameters()),
@@ -913,10 +927,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
             say("HRVs: reused from an interrupted run")
         else:
             t = time.time()
-            concepts = ConceptSet.load("world")
-            prompts = default_prompts(cfg.hrv_prompts)
-            trained = build_hrvs(pipe, prompts, cfg, concepts)
-            ctrl = build_hrvs(control, prompts, cfg, concepts)
+            trained, ctrl = report_hrvs(pipe, control, cfg)
             hrv, control_hrv = trained[0], ctrl[0]
             hrv.save(out / "hrv")
             control_hrv.save(out / "hrv-control")
