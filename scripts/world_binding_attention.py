@@ -24,42 +24,12 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from headlens import world
+from headlens.world.probe import ColumnProbe, install
 from headlens.world.quality import Prompt, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 STEPS, GUIDANCE, EARLY = 25, 5.0, 10  # DDIM steps, guidance, the first EARLY steps are "the noisiest"
 SHARES = ("own colour word", "other colour word", "own shape word", "other shape word", "end + padding")
-
-
-class MapRecorder:
-    """attn2 processor: standard attention; per layer, the conditional half's head-mean attention maps (B, HW, K)
-    summed over the first `early` calls (one call per denoising step)."""
-
-    def __init__(self, early: int = EARLY) -> None:
-        self.early = early
-        self.sums: dict[str, torch.Tensor] = {}
-        self.calls: dict[str, int] = defaultdict(int)
-
-    def reset(self) -> None:
-        """Forget the maps of the last batch."""
-        self.sums.clear()
-        self.calls.clear()
-
-    def bind(self, name: str):
-        """The processor for one layer."""
-        def proc(attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-            q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-            k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-            v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-            probs = attn.get_attention_scores(q, k, attention_mask)
-            if self.calls[name] < self.early:
-                b = hidden_states.shape[0]
-                cond = probs.view(b, attn.heads, *probs.shape[1:])[b // 2:].mean(1)  # CFG: the conditional half
-                self.sums[name] = self.sums.get(name, 0) + cond
-            self.calls[name] += 1
-            out = attn.batch_to_head_dim(torch.bmm(probs, v))
-            return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
-        return proc
 
 
 def token_positions(tok, prompt: Prompt) -> dict[str, int]:
@@ -112,8 +82,8 @@ def main() -> None:
     t0 = time.time()
     pipe = world.load_named(a.model)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    rec = MapRecorder()
-    pipe.unet.set_attn_processor({n: rec.bind(n) if ".attn2." in n else p for n, p in pipe.unet.attn_processors.items()})
+    probe = ColumnProbe(map_steps=EARLY)  # plain attention; records the maps of the noisiest steps
+    install(pipe.unet, probe)
     res_of = {}
     scorer = world.Scorer()
     prompts = two_prompts(200)[:a.n]
@@ -121,7 +91,7 @@ def main() -> None:
     att: dict[tuple[int, bool], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for i in range(0, len(prompts), 50):
         part = prompts[i:i + 50]
-        rec.reset()
+        probe.reset_maps()
         gens = [torch.Generator().manual_seed(p.seed) for p in part]
         out = pipe([p.text for p in part], num_inference_steps=STEPS, guidance_scale=GUIDANCE, generator=gens,
                    output_type="np").images
@@ -136,7 +106,7 @@ def main() -> None:
             pos = token_positions(pipe.tokenizer, p)
             for k, (mask, kind) in reads.items():
                 per_res: dict[int, list[dict[str, float]]] = defaultdict(list)
-                for name, s in rec.sums.items():
+                for name, s in probe.maps.items():
                     res_of[name] = int(s.shape[1] ** 0.5)
                     per_res[res_of[name]].append(shares(s[j], mask, pos, k))
                 for r, rows in per_res.items():

@@ -346,16 +346,18 @@ def test_binding_attention_pieces() -> None:
     uniform = ns["shares"](torch.full((256, 24), 1 / 24), masks[1], pos, 1)
     assert uniform["end + padding"] == pytest.approx((24 - pos["end"]) / 24)
 
-    # the recorder is plain attention: same images as the stock processors; it keeps (B, HW, K) maps summing to 1
+    # the probe recording maps is plain attention: same images as the stock processors; (B, HW, K) maps summing to 1
     gen = torch.Generator().manual_seed(0)
     plain = pipe([asked] * 2, num_inference_steps=3, guidance_scale=5.0, generator=gen, output_type="np").images
-    rec = ns["MapRecorder"](early=2)
-    pipe.unet.set_attn_processor({n: rec.bind(n) if ".attn2." in n else p for n, p in pipe.unet.attn_processors.items()})
+    from headlens.world.probe import ColumnProbe, install
+
+    rec = ColumnProbe(map_steps=2)
+    install(pipe.unet, rec)
     gen = torch.Generator().manual_seed(0)
     got = pipe([asked] * 2, num_inference_steps=3, guidance_scale=5.0, generator=gen, output_type="np").images
     np.testing.assert_allclose(got, plain, atol=1e-5)
-    assert len(rec.sums) == 10 and all(c == 3 for c in rec.calls.values())
-    for s in rec.sums.values():
+    assert len(rec.maps) == 10 and all(c == 3 for c in rec.calls.values())
+    for s in rec.maps.values():
         assert s.shape[0] == 2 and s.shape[2] == 24
         torch.testing.assert_close(s.sum(-1), torch.full(s.shape[:2], 2.0))  # two steps kept, each row sums to 1
 

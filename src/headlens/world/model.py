@@ -121,9 +121,10 @@ def grow_unet(unet: UNet2DConditionModel, state: dict) -> list[str]:
         raise ValueError(f"cannot grow this UNet from those weights: {len(missing)} weights do not fit "
                          f"(e.g. {(missing or bad)[0]}); grow only adds transformer blocks (--arch sd-tx2 from sd)")
     unet.load_state_dict({**own, **state})
+    new = set(extra)
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            if name in extra and any(o in name for o in _BLOCK_OUTPUTS):
+            if name in new and any(o in name for o in _BLOCK_OUTPUTS):
                 p.zero_()
     return sorted({re.match(r"(.*\.transformer_blocks\.\d+)\.", k).group(1) for k in extra})
 

@@ -11,14 +11,25 @@ class ColumnProbe:
     """attn2 processor: multiply post-softmax columns of the conditional half by per-sample factors.
 
     factors: (B_cond, K) tensor or None; classes: (B_cond, K) int tensor of token classes for mass stats.
+    map_steps: when > 0, `maps[layer]` sums the head-mean attention maps (B_cond, HW, K) of the conditional half
+    (the second half of a CFG batch, before any column edit) over each layer's first map_steps calls (one call per
+    denoising step); `reset_maps()` starts a new batch.
     """
 
-    def __init__(self, n_classes: int = 3) -> None:
+    def __init__(self, n_classes: int = 3, map_steps: int = 0) -> None:
         self.factors: torch.Tensor | None = None
         self.classes: torch.Tensor | None = None
         self.mass: dict[str, torch.Tensor] = {}
         self.n_classes = n_classes
+        self.map_steps = map_steps
+        self.maps: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
         self.name = ""
+
+    def reset_maps(self) -> None:
+        """Forget the recorded maps and the step count (before each new batch)."""
+        self.maps.clear()
+        self.calls.clear()
 
     def bind(self, name: str) -> ColumnProbe:
         """A copy sharing state, labelled with its layer name."""
@@ -38,6 +49,11 @@ class ColumnProbe:
         probs = attn.get_attention_scores(q, k, attention_mask)
         b = hidden_states.shape[0]
         p4 = probs.view(b, attn.heads, probs.shape[1], probs.shape[2])
+        if root.map_steps:
+            step = root.calls.get(self.name, 0)
+            root.calls[self.name] = step + 1
+            if step < root.map_steps:
+                root.maps[self.name] = root.maps.get(self.name, 0) + p4[b // 2:].mean(1)
         bc = root.factors.shape[0] if root.factors is not None else (root.classes.shape[0] if root.classes is not None else 0)
         if bc:
             cond = p4[b - bc:]
