@@ -64,8 +64,8 @@ def pattern_mask(pattern: str, cx: float, cy: float) -> np.ndarray:
     return np.zeros((RES, RES), dtype=bool)
 
 
-def draw_object(img: np.ndarray, obj: dict[str, str], cx: float, cy: float, r: float) -> None:
-    """Paint one fully specified object into a float image in place."""
+def draw_object(img: np.ndarray, obj: dict[str, str], cx: float, cy: float, r: float) -> np.ndarray:
+    """Paint one fully specified object into a float image in place; returns the mask of its pixels."""
     mask = shape_mask(obj["Shape"], cx, cy, r)
     color = np.array(COLORS[obj["Color"]], dtype=np.float32)
     img[mask] = color
@@ -76,6 +76,8 @@ def draw_object(img: np.ndarray, obj: dict[str, str], cx: float, cy: float, r: f
         leaf = (dx / max(r * 0.45, 1.6)) ** 2 + (dy / max(r * 0.28, 1.1)) ** 2 <= 1.0
         img[leaf & ~mask] = LEAF
         img[leaf & mask] = LEAF
+        mask = mask | leaf
+    return mask
 
 
 def complete_scene(spec: SceneSpec, rng: np.random.Generator) -> dict:
@@ -102,15 +104,18 @@ def complete_scene(spec: SceneSpec, rng: np.random.Generator) -> dict:
     return {"Background": spec.background or DEFAULT_BACKGROUND, "objects": objects}
 
 
-def draw_scene(scene: dict, rng: np.random.Generator) -> np.ndarray:
-    """Draw a completed scene as a uint8 HxWx3 array (positions and sizes jittered)."""
+def draw_scene(scene: dict, rng: np.random.Generator, masks: list | None = None) -> np.ndarray:
+    """Draw a completed scene as a uint8 HxWx3 array (positions and sizes jittered); a ``masks`` list receives each
+    object's pixel mask (HxW bool), in caption order."""
     img = np.empty((RES, RES, 3), dtype=np.float32)
     img[:] = np.array(BACKGROUNDS[scene["Background"]], dtype=np.float32)
     for obj in scene["objects"]:
         ax, ay = ANCHORS[obj["Position"]]
         cx, cy = ax + rng.uniform(-JITTER, JITTER), ay + rng.uniform(-JITTER, JITTER)
         r = RADIUS[obj["Size"]] + rng.uniform(-0.3, 0.3)
-        draw_object(img, obj, cx, cy, r)
+        mask = draw_object(img, obj, cx, cy, r)
+        if masks is not None:
+            masks.append(mask)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -123,8 +128,8 @@ def attributes(scene: dict) -> dict:
     return out
 
 
-def render_array(caption: str, seed: int) -> tuple[np.ndarray, dict]:
-    """Render a caption to a uint8 array and its ground-truth attributes."""
+def render_array(caption: str, seed: int, masks: list | None = None) -> tuple[np.ndarray, dict]:
+    """Render a caption to a uint8 array and its ground-truth attributes (``masks``: see draw_scene)."""
     spec = parse_caption(caption)
     rng = np.random.default_rng(seed)
     if not spec.objects:  # an empty caption or a bare background: one unspecified object
@@ -132,7 +137,7 @@ def render_array(caption: str, seed: int) -> tuple[np.ndarray, dict]:
                                                                                    "cross", "diamond", FRUIT)}))],
                          background=spec.background)
     scene = complete_scene(spec, rng)
-    return draw_scene(scene, rng), attributes(scene)
+    return draw_scene(scene, rng, masks), attributes(scene)
 
 
 def render(caption: str, seed: int = 0) -> tuple[Image.Image, dict]:

@@ -34,6 +34,7 @@ from .model import (
     text_encoder_from_clip,
     train_scheduler,
 )
+from .grounding import grounding_loss, install_recorder, object_word_groups
 from .render import render_array
 from .tokenizer import build_tokenizer, check_tokenizer
 from .vocab import BACKGROUNDS, DEFAULT_BACKGROUND, parse_caption, sample_caption
@@ -57,13 +58,21 @@ class Log:
             f.write(line + "\n")
 
 
-def make_dataset(n: int, seed: int, **mix: float) -> tuple[list[str], np.ndarray]:
+def make_dataset(n: int, seed: int, masks: list | None = None, **mix: float) -> tuple[list[str], np.ndarray]:
     """n (caption, render) pairs; captions from the grammar (``mix``: sample_caption's caption mix), images
-    from the renderer."""
+    from the renderer. A ``masks`` list receives each image's object pixel masks, (2, H, W) bool in caption order
+    (all False for an absent second object)."""
     rng = np.random.default_rng(seed)
     captions = [sample_caption(rng, **mix) for _ in range(n)]
-    images = np.stack([render_array(c, seed * 10_000_000 + i)[0] for i, c in enumerate(captions)])
-    return captions, images.transpose(0, 3, 1, 2).copy()
+    images = []
+    for i, c in enumerate(captions):
+        drawn: list | None = None if masks is None else []
+        images.append(render_array(c, seed * 10_000_000 + i, drawn)[0])
+        if masks is not None:
+            both = np.zeros((2, *images[-1].shape[:2]), dtype=bool)
+            both[:len(drawn)] = drawn
+            masks.append(both)
+    return captions, np.stack(images).transpose(0, 3, 1, 2).copy()
 
 
 def to_float(x: np.ndarray) -> torch.Tensor:
@@ -176,12 +185,17 @@ def main(argv: list[str] | None = None) -> Path:
                     help=f"share of each batch whose timestep is drawn from [{HIGH_T}, 1000) instead of [0, 1000)")
     ap.add_argument("--object-weight", type=float, default=1.0,
                     help="loss weight of latent cells on an object against 1 on the background (1: plain MSE)")
+    ap.add_argument("--ground-weight", type=float, default=0.0,
+                    help="weight of the token grounding loss (headlens.world.grounding: each object's words attended "
+                    "from its own pixels, TokenCompose's token loss with the renderer's masks); 0: off")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     if not 0 <= a.t_high <= 1:
         ap.error(f"--t-high {a.t_high} must be a share in [0, 1]")
+    if a.ground_weight < 0:
+        ap.error(f"--ground-weight {a.ground_weight} must be >= 0 (0: no grounding loss)")
     if a.object_weight <= 0:
         ap.error(f"--object-weight {a.object_weight} must be > 0 (1 weighs objects like the background)")
     t_start = time.time()
@@ -196,7 +210,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     tok = build_tokenizer(out / "tokenizer_build")
     check_tokenizer(tok)
-    captions, images = make_dataset(a.n_images, a.seed, p_two=a.p_two, p_pattern=a.p_pattern,
+    drawn: list | None = [] if a.ground_weight > 0 else None
+    captions, images = make_dataset(a.n_images, a.seed, drawn, p_two=a.p_two, p_pattern=a.p_pattern,
                                      orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
 
@@ -282,6 +297,13 @@ def main(argv: list[str] | None = None) -> Path:
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     unet.train()
     te.train(not frozen)
+    recorder = None
+    if drawn is not None:
+        obj_masks = torch.from_numpy(np.stack(drawn))
+        groups = object_word_groups(captions, ids.shape[1])
+        recorder = install_recorder(unet)
+        log(f"token grounding loss, weight {a.ground_weight}: {int(groups.sum())} object words in {len(captions)} captions")
+    ground_losses: list[float] = []
     pipe_dir = out / "pipeline"
 
     def checkpoint(tag: str) -> None:
@@ -314,9 +336,17 @@ def main(argv: list[str] | None = None) -> Path:
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.set_grad_enabled(not frozen):
             enc = te(cap)[0]
+        if recorder is not None:
+            recorder.maps.clear()
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         loss = (F.mse_loss(pred, noise) if masks is None
                 else weighted_mse(pred, noise, 1 + (a.object_weight - 1) * masks[idx]))
+        if recorder is not None:
+            g = groups[idx].clone()
+            g[drop] = 0.0
+            lg = grounding_loss(recorder.maps, obj_masks[idx], g)
+            ground_losses.append(lg.item())
+            loss = loss + a.ground_weight * lg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -328,7 +358,8 @@ def main(argv: list[str] | None = None) -> Path:
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:
-            log(f"unet step {step}/{total} loss {np.mean(losses[-100:]):.4f} lr {opt.param_groups[0]['lr']:.2e}")
+            extra = f" (grounding {np.mean(ground_losses[-100:]):.4f})" if ground_losses else ""
+            log(f"unet step {step}/{total} loss {np.mean(losses[-100:]):.4f}{extra} lr {opt.param_groups[0]['lr']:.2e}")
         if time.time() - last_ckpt > a.checkpoint_minutes * 60:
             checkpoint(f"step {step}")
             last_ckpt = time.time()
@@ -337,6 +368,8 @@ def main(argv: list[str] | None = None) -> Path:
             "unet_minutes": (time.time() - t_unet) / 60,
             "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": scale,
             "final_loss": float(np.mean(losses[-200:])) if losses else None}
+    if ground_losses:
+        info["final_grounding_loss"] = float(np.mean(ground_losses[-200:]))
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done {info}")
     return pipe_dir

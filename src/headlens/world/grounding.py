@@ -1,0 +1,84 @@
+"""Token grounding for training the world UNet: each object's words should be attended to from its own pixels.
+
+TokenCompose's token loss (Wang et al., CVPR 2024), with the renderer's object masks as the segmentation: for every
+attribute word of an object (size, colour, pattern, shape) and every cross-attention layer, the share of that word's
+head-mean attention (summed over the image) that falls inside the object's mask, pooled to the layer's resolution;
+the loss is the mean of (1 - share)². It only moves where a word is attended from, not how much, so the attention the
+padding and end tokens get is left to the denoising loss. Sampling is unchanged (plain classifier-free guidance).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+
+from .vocab import COLORS, PATTERNS, SHAPES, SIZES
+
+ATTRIBUTE_WORDS = frozenset(COLORS) | frozenset(SHAPES) | frozenset(PATTERNS) | frozenset(SIZES)
+_BACKGROUND = re.compile(r"\s*on an? \w+ background$")
+
+
+def object_word_groups(captions: list[str], length: int) -> torch.Tensor:
+    """(N, 2, length) 0/1: which token positions hold an attribute word of object 1 / object 2 of each caption.
+
+    World words are one token each (check_tokenizer), so word i of a caption is token i + 1 (after the start token);
+    the background phrase ('on a navy background') belongs to no object.
+    """
+    out = torch.zeros(len(captions), 2, length)
+    for n, caption in enumerate(captions):
+        words = caption.split()
+        body = _BACKGROUND.sub("", caption).split()
+        obj = 0
+        for i, w in enumerate(words[:len(body)]):
+            if w == "and":
+                obj = 1
+            elif w in ATTRIBUTE_WORDS and i + 1 < length:
+                out[n, obj, i + 1] = 1.0
+    return out
+
+
+class AttentionRecorder:
+    """attn2 processor: standard attention that keeps each layer's head-mean probabilities (B, HW, K), with their
+    gradient, in ``maps`` (cleared by the caller before each forward)."""
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        """q·k softmax, the map kept, then the value read and the output projection (as AttnProcessor)."""
+        ehs = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(ehs))
+        v = attn.head_to_batch_dim(attn.to_v(ehs))
+        probs = attn.get_attention_scores(q, k, attention_mask)
+        b = hidden_states.shape[0]
+        self.maps.append(probs.view(b, attn.heads, probs.shape[1], probs.shape[2]).mean(1))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
+
+def install_recorder(unet) -> AttentionRecorder:
+    """Put one AttentionRecorder on every cross-attention (attn2) module of a UNet; self-attention keeps its
+    processor."""
+    rec = AttentionRecorder()
+    unet.set_attn_processor({name: rec if ".attn2." in name else proc for name, proc in unet.attn_processors.items()})
+    return rec
+
+
+def grounding_loss(maps: list[torch.Tensor], masks: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the token loss. maps: per layer (B, HW, K) attention; masks: (B, 2, R, R) object pixel
+    masks (any resolution that the layers' divides); groups: (B, 2, K) from object_word_groups (rows of zeros for
+    absent objects or dropped captions). A batch without a grouped word gives 0."""
+    n = groups.sum()
+    if n == 0 or not maps:
+        return maps[0].new_zeros(()) if maps else torch.zeros(())
+    total = 0.0
+    for amap in maps:
+        r = int(round(amap.shape[1] ** 0.5))
+        m = F.adaptive_max_pool2d(masks.float(), r).flatten(2)  # (B, 2, HW): a cell counts if any pixel is the object's
+        inside = torch.einsum("bjp,bpk->bjk", m, amap)  # each word's attention inside each object
+        share = inside / amap.sum(1, keepdim=True).clamp_min(1e-8)
+        total = total + ((1 - share).pow(2) * groups).sum() / n
+    return total / len(maps)
