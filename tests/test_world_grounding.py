@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from headlens import world
-from headlens.world.grounding import AttentionRecorder, grounding_loss, install_recorder, object_word_groups
+from headlens.world.grounding import (
+    AttentionRecorder,
+    binding_loss,
+    grounding_loss,
+    install_recorder,
+    object_word_groups,
+)
 from headlens.world.model import make_unet
 from headlens.world.train import main as train_main
 from headlens.world.train import make_dataset
@@ -73,6 +79,33 @@ def test_grounding_loss_by_hand() -> None:
     assert leaf.grad[0, 1, 1] > 0 and leaf.grad[0, 0, 1] < 0  # more of word 1 outside costs, inside pays
 
 
+def test_binding_loss_by_hand() -> None:
+    """-log(own / (own + other)) over each object's own cells: log 2 when every cell attends to both objects' words
+    alike, -log 0.9 when each cell gives 0.9 of the two objects' share to its own; one-object samples do not count."""
+    masks = torch.zeros(2, 2, 4, 4, dtype=torch.bool)
+    masks[:, 0, :, :2] = True  # object 1 on the left: cells 0 and 2 of a 2x2 map
+    masks[0, 1, :, 2:] = True  # object 2 on the right (sample 0 only; sample 1 has one object)
+    masks[0, 1, 0, 1] = True  # one pixel of object 2 in cell 0 too: cell 0 is then nobody's own
+    groups = torch.zeros(2, 2, 4)
+    groups[:, 0, 1] = 1.0
+    groups[0, 1, 2] = 1.0
+    flat = torch.full((2, 4, 4), 0.25)
+    assert torch.isclose(binding_loss([flat], masks, groups), torch.log(torch.tensor(2.0)))
+    sharp = torch.zeros(2, 4, 4)
+    sharp[:, :, 0] = 0.5  # word 0 (no object) takes half everywhere
+    sharp[:, [0, 2], 1], sharp[:, [0, 2], 2] = 0.45, 0.05  # left cells: 0.9 of the objects' share to object 1
+    sharp[:, [1, 3], 2], sharp[:, [1, 3], 1] = 0.45, 0.05
+    sharp[0, 0, 1], sharp[0, 0, 2] = 0.05, 0.45  # cell 0, shared by both objects, is wrong but does not count
+    assert torch.isclose(binding_loss([sharp], masks, groups), -torch.log(torch.tensor(0.9)), atol=1e-5)
+    assert torch.isclose(binding_loss([sharp, flat], masks, groups),
+                         (-torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(2.0))) / 2, atol=1e-5)
+    assert binding_loss([flat], masks, groups * torch.tensor([0.0, 1.0])[:, None, None]).item() == 0.0
+    leaf = flat.clone().requires_grad_(True)
+    binding_loss([leaf], masks, groups).backward()
+    assert leaf.grad[0, 2, 1] < 0 and leaf.grad[0, 2, 2] > 0  # a left cell: object 1's word pays, object 2's costs
+    assert leaf.grad[1].abs().sum() == 0 and leaf.grad[0, 0].abs().sum() == 0
+
+
 def test_recorder_computes_what_the_stock_processor_does() -> None:
     """Same UNet output with the recorder installed; one map per cross-attention layer, rows summing to 1."""
     torch.manual_seed(0)
@@ -116,11 +149,14 @@ def test_ground_weight_trains_and_saves_plain_processors(tmp_path) -> None:
     small = ["--n-images", "24", "--threads", "1", "--batch", "4", "--minutes", "3"]
     vae = train_main(["--out", str(tmp_path / "vae"), "--vae-steps", "1", "--unet-steps", "0", *small])
     pipe_dir = train_main(["--out", str(tmp_path / "g"), "--vae-from", str(vae), "--unet-steps", "3",
-                           "--ground-weight", "1", "--p-two", "1", *small])
-    assert "token grounding loss, weight 1.0" in (tmp_path / "g" / "train.log").read_text()
+                           "--ground-weight", "1", "--bind-weight", "1", "--p-two", "1", *small])
+    assert "token grounding loss, weight 1.0; binding loss, weight 1.0" in (tmp_path / "g" / "train.log").read_text()
     info = json.loads((tmp_path / "g" / "train_info.json").read_text())
     assert info["unet_steps_done"] == 3 and 0.0 < info["final_grounding_loss"] <= 1.0
+    assert 0.0 < info["final_binding_loss"] < 5.0
     pipe = world.load_pipeline(folder=pipe_dir)
     assert not any(isinstance(p, AttentionRecorder) for p in pipe.unet.attn_processors.values())
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "bad"), "--ground-weight", "-1"])
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "bad"), "--bind-weight", "-0.5"])

@@ -5,6 +5,11 @@ attribute word of an object (size, colour, pattern, shape) and every cross-atten
 head-mean attention (summed over the image) that falls inside the object's mask, pooled to the layer's resolution;
 the loss is the mean of (1 - share)². It only moves where a word is attended from, not how much, so the attention the
 padding and end tokens get is left to the denoising loss. Sampling is unchanged (plain classifier-free guidance).
+
+The binding loss works per pixel instead: in a two-object image, each latent cell of one object (and not the other)
+should give its own object's words more of its attention than the other object's words; the loss is the mean of
+-log(own / (own + other)) over those cells. It is what the shipped UNet gets wrong (a shape drawn in the other
+object's colour attends more to the other colour word, `scripts/world_binding_attention.py`).
 """
 from __future__ import annotations
 
@@ -81,4 +86,26 @@ def grounding_loss(maps: list[torch.Tensor], masks: torch.Tensor, groups: torch.
         inside = torch.einsum("bjp,bpk->bjk", m, amap)  # each word's attention inside each object
         share = inside / amap.sum(1, keepdim=True).clamp_min(1e-8)
         total = total + ((1 - share).pow(2) * groups).sum() / n
+    return total / len(maps)
+
+
+def binding_loss(maps: list[torch.Tensor], masks: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of -log(own / (own + other)) over the cells of each object that the other does not cover:
+    own = the cell's attention to its object's words, other = to the other object's. Only samples whose two objects
+    both have grouped words count (masks and groups as in grounding_loss); none gives 0."""
+    both = (groups.sum(2) > 0).all(1)  # (B,) two-object samples with their captions kept
+    if not maps:
+        return torch.zeros(())
+    if not both.any():
+        return maps[0].new_zeros(())
+    total = 0.0
+    g = groups[both]
+    for amap in maps:
+        r = int(round(amap.shape[1] ** 0.5))
+        m = F.adaptive_max_pool2d(masks[both].float(), r).flatten(2)  # (b, 2, HW)
+        only = m * (1 - m.flip(1))  # cells of one object and not the other
+        per_obj = torch.einsum("bpk,bjk->bjp", amap[both], g)  # attention of every cell to each object's words
+        own, other = per_obj, per_obj.flip(1)
+        nll = -torch.log(own / (own + other).clamp_min(1e-8) + 1e-6)
+        total = total + (nll * only).sum() / only.sum().clamp_min(1.0)
     return total / len(maps)

@@ -34,7 +34,7 @@ from .model import (
     text_encoder_from_clip,
     train_scheduler,
 )
-from .grounding import grounding_loss, install_recorder, object_word_groups
+from .grounding import binding_loss, grounding_loss, install_recorder, object_word_groups
 from .render import render_array
 from .tokenizer import build_tokenizer, check_tokenizer
 from .vocab import BACKGROUNDS, DEFAULT_BACKGROUND, parse_caption, sample_caption
@@ -188,14 +188,18 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ground-weight", type=float, default=0.0,
                     help="weight of the token grounding loss (headlens.world.grounding: each object's words attended "
                     "from its own pixels, TokenCompose's token loss with the renderer's masks); 0: off")
+    ap.add_argument("--bind-weight", type=float, default=0.0,
+                    help="weight of the binding loss (headlens.world.grounding.binding_loss: each object's cells attend "
+                    "to its own words more than to the other object's); 0: off")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     if not 0 <= a.t_high <= 1:
         ap.error(f"--t-high {a.t_high} must be a share in [0, 1]")
-    if a.ground_weight < 0:
-        ap.error(f"--ground-weight {a.ground_weight} must be >= 0 (0: no grounding loss)")
+    for flag, value in (("--ground-weight", a.ground_weight), ("--bind-weight", a.bind_weight)):
+        if value < 0:
+            ap.error(f"{flag} {value} must be >= 0 (0: off)")
     if a.object_weight <= 0:
         ap.error(f"--object-weight {a.object_weight} must be > 0 (1 weighs objects like the background)")
     t_start = time.time()
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     tok = build_tokenizer(out / "tokenizer_build")
     check_tokenizer(tok)
-    drawn: list | None = [] if a.ground_weight > 0 else None
+    drawn: list | None = [] if a.ground_weight > 0 or a.bind_weight > 0 else None
     captions, images = make_dataset(a.n_images, a.seed, drawn, p_two=a.p_two, p_pattern=a.p_pattern,
                                      orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
@@ -302,7 +306,8 @@ def main(argv: list[str] | None = None) -> Path:
         obj_masks = torch.from_numpy(np.stack(drawn))
         groups = object_word_groups(captions, ids.shape[1])
         recorder = install_recorder(unet)
-        log(f"token grounding loss, weight {a.ground_weight}: {int(groups.sum())} object words in {len(captions)} captions")
+        log(f"token grounding loss, weight {a.ground_weight}; binding loss, weight {a.bind_weight}: "
+            f"{int(groups.sum())} object words in {len(captions)} captions")
     ground_losses: list[float] = []
     pipe_dir = out / "pipeline"
 
@@ -344,9 +349,11 @@ def main(argv: list[str] | None = None) -> Path:
         if recorder is not None:
             g = groups[idx].clone()
             g[drop] = 0.0
-            lg = grounding_loss(recorder.maps, obj_masks[idx], g)
-            ground_losses.append(lg.item())
-            loss = loss + a.ground_weight * lg
+            lg = grounding_loss(recorder.maps, obj_masks[idx], g) if a.ground_weight > 0 else None
+            lb = binding_loss(recorder.maps, obj_masks[idx], g) if a.bind_weight > 0 else None
+            ground_losses.append((lg.item() if lg is not None else float("nan"),
+                                  lb.item() if lb is not None else float("nan")))
+            loss = loss + (a.ground_weight * lg if lg is not None else 0) + (a.bind_weight * lb if lb is not None else 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -358,7 +365,8 @@ def main(argv: list[str] | None = None) -> Path:
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:
-            extra = f" (grounding {np.mean(ground_losses[-100:]):.4f})" if ground_losses else ""
+            gm, bm = np.mean(ground_losses[-100:], axis=0) if ground_losses else (np.nan, np.nan)
+            extra = "".join(f" ({name} {v:.4f})" for name, v in (("grounding", gm), ("binding", bm)) if not np.isnan(v))
             log(f"unet step {step}/{total} loss {np.mean(losses[-100:]):.4f}{extra} lr {opt.param_groups[0]['lr']:.2e}")
         if time.time() - last_ckpt > a.checkpoint_minutes * 60:
             checkpoint(f"step {step}")
@@ -369,7 +377,8 @@ def main(argv: list[str] | None = None) -> Path:
             "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": scale,
             "final_loss": float(np.mean(losses[-200:])) if losses else None}
     if ground_losses:
-        info["final_grounding_loss"] = float(np.mean(ground_losses[-200:]))
+        gm, bm = np.mean(ground_losses[-200:], axis=0)
+        info.update({f"final_{name}_loss": float(v) for name, v in (("grounding", gm), ("binding", bm)) if not np.isnan(v)})
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done {info}")
     return pipe_dir
