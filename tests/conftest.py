@@ -70,3 +70,13 @@ def clip_dir(tmp_path_factory):
     for part in tiny_clip():
         part.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): much faster than two
+    on a shared 2-core machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

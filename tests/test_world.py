@@ -14,13 +14,7 @@ from headlens.world.tokenizer import MAX_LENGTH, build_tokenizer, check_tokenize
 from headlens.world.vocab import all_words, parse_caption, sample_caption
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: much faster than two on a shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

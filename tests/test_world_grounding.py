@@ -21,13 +21,7 @@ from headlens.world.train import make_dataset
 from headlens.world.vocab import BACKGROUNDS, DEFAULT_BACKGROUND, parse_caption
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: much faster than two on a shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_object_word_groups_mark_each_objects_attribute_words() -> None:

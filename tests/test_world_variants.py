@@ -14,13 +14,7 @@ from headlens.cli.common import is_world
 from headlens.world.model import make_unet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: much faster than two on a shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _heads(unet) -> list[int]:

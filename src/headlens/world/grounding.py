@@ -18,6 +18,7 @@ import re
 import torch
 import torch.nn.functional as F
 
+from .probe import attention_output, attention_probs
 from .vocab import COLORS, PATTERNS, SHAPES, SIZES
 
 ATTRIBUTE_WORDS = frozenset(COLORS) | frozenset(SHAPES) | frozenset(PATTERNS) | frozenset(SIZES)
@@ -52,16 +53,9 @@ class AttentionRecorder:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         """q·k softmax, the map kept, then the value read and the output projection (as AttnProcessor)."""
-        ehs = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(ehs))
-        v = attn.head_to_batch_dim(attn.to_v(ehs))
-        probs = attn.get_attention_scores(q, k, attention_mask)
-        b = hidden_states.shape[0]
-        self.maps.append(probs.view(b, attn.heads, probs.shape[1], probs.shape[2]).mean(1))
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out / attn.rescale_output_factor
+        probs, v = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask)
+        self.maps.append(probs.view(hidden_states.shape[0], attn.heads, *probs.shape[1:]).mean(1))
+        return attention_output(attn, probs, v)
 
 
 def install_recorder(unet) -> AttentionRecorder:

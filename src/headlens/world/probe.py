@@ -42,11 +42,7 @@ class ColumnProbe:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         """Standard attention with the column edit and the mass record."""
         root: ColumnProbe = getattr(self, "_root", self)
-        ehs = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(ehs))
-        v = attn.head_to_batch_dim(attn.to_v(ehs))
-        probs = attn.get_attention_scores(q, k, attention_mask)
+        probs, v = attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask)
         b = hidden_states.shape[0]
         p4 = probs.view(b, attn.heads, probs.shape[1], probs.shape[2])
         if root.map_steps:
@@ -65,9 +61,24 @@ class ColumnProbe:
             if root.factors is not None:
                 p4 = torch.cat([p4[: b - bc], cond * root.factors[:, None, None, :]], 0)
                 probs = p4.reshape(probs.shape)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out / attn.rescale_output_factor
+        return attention_output(attn, probs, v)
+
+
+def attention_probs(attn, hidden_states, encoder_hidden_states=None, attention_mask=None):
+    """The post-softmax attention probabilities (B*heads, HW, K) and the values (B*heads, K, d) of a diffusers
+    Attention module, computed explicitly (as diffusers' AttnProcessor) so that a processor can read or edit them."""
+    ehs = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    k = attn.head_to_batch_dim(attn.to_k(ehs))
+    v = attn.head_to_batch_dim(attn.to_v(ehs))
+    return attn.get_attention_scores(q, k, attention_mask), v
+
+
+def attention_output(attn, probs, v):
+    """The rest of AttnProcessor after the softmax: read the values, project out."""
+    out = attn.batch_to_head_dim(torch.bmm(probs, v))
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out / attn.rescale_output_factor
 
 
 def install(unet, probe: ColumnProbe) -> None:

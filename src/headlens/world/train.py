@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     tok = build_tokenizer(out / "tokenizer_build")
     check_tokenizer(tok)
-    drawn: list | None = [] if a.ground_weight > 0 or a.bind_weight > 0 else None
+    drawn: list | None = [] if a.ground_weight > 0 or a.bind_weight > 0 else None  # masks only for those losses
     captions, images = make_dataset(a.n_images, a.seed, drawn, p_two=a.p_two, p_pattern=a.p_pattern,
                                      orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
@@ -302,13 +302,15 @@ def main(argv: list[str] | None = None) -> Path:
     unet.train()
     te.train(not frozen)
     recorder = None
-    if drawn is not None:
+    aux = {name: (w, fn) for name, w, fn in (("grounding", a.ground_weight, grounding_loss),
+                                              ("binding", a.bind_weight, binding_loss)) if w > 0}
+    aux_losses: dict[str, list[float]] = {name: [] for name in aux}
+    if aux:
         obj_masks = torch.from_numpy(np.stack(drawn))
         groups = object_word_groups(captions, ids.shape[1])
         recorder = install_recorder(unet)
         log(f"token grounding loss, weight {a.ground_weight}; binding loss, weight {a.bind_weight}: "
             f"{int(groups.sum())} object words in {len(captions)} captions")
-    ground_losses: list[float] = []
     pipe_dir = out / "pipeline"
 
     def checkpoint(tag: str) -> None:
@@ -349,11 +351,10 @@ def main(argv: list[str] | None = None) -> Path:
         if recorder is not None:
             g = groups[idx].clone()
             g[drop] = 0.0
-            lg = grounding_loss(recorder.maps, obj_masks[idx], g) if a.ground_weight > 0 else None
-            lb = binding_loss(recorder.maps, obj_masks[idx], g) if a.bind_weight > 0 else None
-            ground_losses.append((lg.item() if lg is not None else float("nan"),
-                                  lb.item() if lb is not None else float("nan")))
-            loss = loss + (a.ground_weight * lg if lg is not None else 0) + (a.bind_weight * lb if lb is not None else 0)
+            for name, (w, fn) in aux.items():
+                part = fn(recorder.maps, obj_masks[idx], g)
+                aux_losses[name].append(part.item())
+                loss = loss + w * part
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -365,8 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:
-            gm, bm = np.mean(ground_losses[-100:], axis=0) if ground_losses else (np.nan, np.nan)
-            extra = "".join(f" ({name} {v:.4f})" for name, v in (("grounding", gm), ("binding", bm)) if not np.isnan(v))
+            extra = "".join(f" ({name} {np.mean(v[-100:]):.4f})" for name, v in aux_losses.items())
             log(f"unet step {step}/{total} loss {np.mean(losses[-100:]):.4f}{extra} lr {opt.param_groups[0]['lr']:.2e}")
         if time.time() - last_ckpt > a.checkpoint_minutes * 60:
             checkpoint(f"step {step}")
@@ -376,9 +376,7 @@ def main(argv: list[str] | None = None) -> Path:
             "unet_minutes": (time.time() - t_unet) / 60,
             "minutes": (time.time() - t_start) / 60, "vae_scaling_factor": scale,
             "final_loss": float(np.mean(losses[-200:])) if losses else None}
-    if ground_losses:
-        gm, bm = np.mean(ground_losses[-200:], axis=0)
-        info.update({f"final_{name}_loss": float(v) for name, v in (("grounding", gm), ("binding", bm)) if not np.isnan(v)})
+    info.update({f"final_{name}_loss": float(np.mean(v[-200:])) for name, v in aux_losses.items() if v})
     (out / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"done {info}")
     return pipe_dir
