@@ -90,7 +90,8 @@ def test_caption_mix() -> None:
     its own share (counted by parsing the captions) and nothing else breaks the grammar."""
     r1, r2 = np.random.default_rng(7), np.random.default_rng(7)
     assert [sample_caption(r1) for _ in range(500)] == [
-        sample_caption(r2, p_two=0.4, p_pattern=0.4, orange_weight=0.4, fruit_weight=1.0) for _ in range(500)]
+        sample_caption(r2, p_two=0.4, p_pattern=0.4, orange_weight=0.4, fruit_weight=1.0, p_color=0.75)
+        for _ in range(500)]
 
     def shares(**mix):
         rng = np.random.default_rng(11)
@@ -100,17 +101,21 @@ def test_caption_mix() -> None:
         pattern = np.mean([o.pattern in ("striped", "dotted") for o in objs])
         coloured = [o.color for o in objs if o.color]
         fruit = np.mean([o.shape == "orange" for sc in scenes for o in sc.objects])
-        return two, pattern, coloured.count("orange") / len(coloured), fruit
+        return two, pattern, coloured.count("orange") / len(coloured), fruit, len(coloured) / len(objs)
 
-    two, pattern, orange, fruit = shares()
+    two, pattern, orange, fruit, said = shares()
+    assert abs(said - 0.75) < 0.03
     assert abs(two - 0.4) < 0.04 and abs(pattern - 0.4) < 0.04 and abs(fruit - 1 / 6) < 0.03
-    two, pattern, orange2, fruit2 = shares(p_two=0.65, p_pattern=0.6, orange_weight=0.2)
+    two, pattern, orange2, fruit2, _ = shares(p_two=0.65, p_pattern=0.6, orange_weight=0.2)
     assert abs(two - 0.65) < 0.04 and abs(pattern - 0.6) < 0.04 and orange2 < 0.7 * orange
     assert abs(fruit2 - 1 / 6) < 0.03  # the colour knob leaves the shapes alone
     assert abs(shares(fruit_weight=3.0)[3] - 3 / 8) < 0.03  # the fruit weighs 3 against five shapes of weight 1
     assert shares(p_two=1.0)[0] == 1.0 and shares(p_pattern=0.0)[1] == 0.0
+    assert shares(p_color=1.0)[4] == 1.0 and abs(shares(p_color=1.0)[0] - 0.4) < 0.04
     with pytest.raises(ValueError, match="p_pattern"):
         sample_caption(np.random.default_rng(0), p_pattern=0.95)
+    with pytest.raises(ValueError, match="p_color"):
+        sample_caption(np.random.default_rng(0), p_color=1.5)
 
 
 def test_training_timesteps() -> None:

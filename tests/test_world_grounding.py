@@ -154,3 +154,18 @@ def test_ground_weight_trains_and_saves_plain_processors(tmp_path) -> None:
         train_main(["--out", str(tmp_path / "bad"), "--ground-weight", "-1"])
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "bad"), "--bind-weight", "-0.5"])
+
+
+def test_p_color_reaches_the_training_captions(tmp_path, capsys) -> None:
+    """--p-color is sample_caption's p_color in make_dataset; out of [0, 1] it is a one-line error."""
+    from headlens.world.train import make_dataset
+    from headlens.world.vocab import parse_caption
+
+    captions, images = make_dataset(40, 3, p_color=1.0)
+    objs = [o for c in captions for o in parse_caption(c).objects if o.shape != "orange"]
+    assert len(images) == 40 and objs and all(o.color for o in objs)
+    captions0, _ = make_dataset(40, 3, p_color=0.0)
+    assert not any(o.color for c in captions0 for o in parse_caption(c).objects)
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(tmp_path / "bad"), "--p-color", "2"])
+    assert "--p-color 2.0 must be a chance in [0, 1]" in capsys.readouterr().err

@@ -254,11 +254,12 @@ def test_training_json_stages_are_the_recipe_lines() -> None:
     recorded = {s["args"]["out"].split("/")[-1]: s["args"] for s in info["stages"]
                 if "unet" in s.get("args", {}).get("out", "")}
     assert set(recorded) == set(lines) and len(lines) >= 5, (sorted(recorded), sorted(lines))
-    defaults = {"p_two": 0.4, "p_pattern": 0.4, "orange_weight": 0.4, "fruit_weight": 1.0, "threads": 2}
+    defaults = {"p_two": 0.4, "p_pattern": 0.4, "orange_weight": 0.4, "fruit_weight": 1.0, "p_color": 0.75,
+                "threads": 2}
     for name, flags in lines.items():
         args = recorded[name]
         for key in ("seed", "lr", "minutes", "unet_steps", "threads", "p_two", "p_pattern", "orange_weight",
-                    "fruit_weight"):
+                    "fruit_weight", "p_color"):
             said = float(flags[key]) if key in flags else defaults.get(key)
             assert said == pytest.approx(float(args.get(key, defaults.get(key)))), (name, key, said, args.get(key))
 

@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--p-two", type=float, default=0.4, help="caption mix: share of two-object captions")
     ap.add_argument("--p-pattern", type=float, default=0.4,
                     help="caption mix: chance an object's caption says 'striped' or 'dotted'")
+    ap.add_argument("--p-color", type=float, default=0.75,
+                    help="caption mix: chance an object's caption says its colour")
     ap.add_argument("--orange-weight", type=float, default=0.4,
                     help="caption mix: weight of the colour sense of 'orange' (other colours weigh 1)")
     ap.add_argument("--fruit-weight", type=float, default=1.0,
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
     for flag, value in (("--ground-weight", a.ground_weight), ("--bind-weight", a.bind_weight)):
         if value < 0:
             ap.error(f"{flag} {value} must be >= 0 (0: off)")
+    if not 0 <= a.p_color <= 1:
+        ap.error(f"--p-color {a.p_color} must be a chance in [0, 1]")
     if a.object_weight <= 0:
         ap.error(f"--object-weight {a.object_weight} must be > 0 (1 weighs objects like the background)")
     t_start = time.time()
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> Path:
     check_tokenizer(tok)
     drawn: list | None = [] if a.ground_weight > 0 or a.bind_weight > 0 else None  # masks only for those losses
     captions, images = make_dataset(a.n_images, a.seed, drawn, p_two=a.p_two, p_pattern=a.p_pattern,
-                                     orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
+                                     p_color=a.p_color, orange_weight=a.orange_weight, fruit_weight=a.fruit_weight)
     log(f"rendered {len(images)} images; e.g. {captions[:3]}")
 
     if a.vae_from:
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> Path:
     cache = out / "latents.safetensors"
     key = f"{a.n_images}/{a.seed}/{a.vae_from or a.vae_steps}/{a.p_two}/{a.p_pattern}/{a.orange_weight}"
     key += "" if a.fruit_weight == 1.0 else f"/{a.fruit_weight}"  # old caches stay valid
+    key += "" if a.p_color == 0.75 else f"/color{a.p_color}"
     if cache.exists() and safe_open(str(cache), "pt").metadata().get("key") == key:
         lat = load_file(str(cache))["latents"]
         log(f"latents from cache {cache}")

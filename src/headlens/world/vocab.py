@@ -183,18 +183,21 @@ def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
 
 
 def sample_caption(rng: np.random.Generator, p_two: float = 0.4, p_pattern: float = 0.4,
-                   orange_weight: float | None = None, fruit_weight: float | None = None) -> str:
+                   orange_weight: float | None = None, fruit_weight: float | None = None,
+                   p_color: float = 0.75) -> str:
     """Sample a training caption from the grammar (attributes sometimes left out).
 
     The caption mix: ``p_two`` is the share of two-object captions, ``p_pattern`` the chance that an object's
     caption says 'striped' or 'dotted' (half each; 'plain' is said 10 % of the time, the rest leaves the pattern
     unsaid), ``orange_weight`` the weight of the colour sense of 'orange' among the colours (the others weigh
     1; default ``COLOR_WEIGHTS``), ``fruit_weight`` the weight of the fruit sense (the word 'orange' as a shape) among
-    the shapes (the others weigh 1; default ``SHAPE_WEIGHTS``). The defaults are the mix of the shipped CLIP and the
+    the shapes (the others weigh 1; default ``SHAPE_WEIGHTS``), ``p_color`` the chance that an object's caption says
+    its colour (unsaid colours are drawn at random by the renderer). The defaults are the mix of the shipped CLIP and the
     first UNet stages.
     """
-    if not (0 <= p_two <= 1 and 0 <= p_pattern <= 0.9):
-        raise ValueError(f"caption mix: p_two {p_two} must be in [0, 1] and p_pattern {p_pattern} in [0, 0.9]")
+    if not (0 <= p_two <= 1 and 0 <= p_pattern <= 0.9 and 0 <= p_color <= 1):
+        raise ValueError(f"caption mix: p_two {p_two} and p_color {p_color} must be in [0, 1] and p_pattern "
+                         f"{p_pattern} in [0, 0.9]")
     colors = COLOR_WEIGHTS if orange_weight is None else {**COLOR_WEIGHTS, "orange": orange_weight}
     shapes = SHAPE_WEIGHTS if fruit_weight is None else {**SHAPE_WEIGHTS, FRUIT: fruit_weight}
     n = 2 if rng.random() < p_two else 1
@@ -203,7 +206,7 @@ def sample_caption(rng: np.random.Generator, p_two: float = 0.4, p_pattern: floa
         shape = _pick(rng, shapes)
         o = ObjectSpec(shape=shape)
         if shape != FRUIT:
-            if rng.random() < 0.75:
+            if rng.random() < p_color:
                 o.color = _pick(rng, colors)
             r = rng.random()
             half = p_pattern / 2
