@@ -158,7 +158,6 @@ def test_ground_weight_trains_and_saves_plain_processors(tmp_path) -> None:
 
 def test_p_color_reaches_the_training_captions(tmp_path, capsys) -> None:
     """--p-color is sample_caption's p_color in make_dataset; out of [0, 1] it is a one-line error."""
-    from headlens.world.train import make_dataset
     from headlens.world.vocab import parse_caption
 
     captions, images = make_dataset(40, 3, p_color=1.0)
@@ -169,3 +168,15 @@ def test_p_color_reaches_the_training_captions(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         train_main(["--out", str(tmp_path / "bad"), "--p-color", "2"])
     assert "--p-color 2.0 must be a chance in [0, 1]" in capsys.readouterr().err
+
+
+def test_device_flag_errors_are_one_line(tmp_path, capsys) -> None:
+    """--device: a name torch does not know, or CUDA where torch sees none, stops before any work with one line."""
+    cases = {"banana": "is not a device; use cpu or cuda[:N]"}
+    if not torch.cuda.is_available():
+        cases["cuda"] = "torch sees no CUDA device here"
+    for name, said in cases.items():
+        with pytest.raises(SystemExit):
+            train_main(["--out", str(tmp_path / "bad"), "--device", name])
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "train.log").exists()  # nothing started

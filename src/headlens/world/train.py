@@ -144,6 +144,21 @@ def encode_all(vae, images: np.ndarray, bs: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def training_device(name: str, error) -> torch.device:
+    """The --device value as a torch.device; an unknown name or an absent CUDA device goes to ``error`` (one line)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        error(f"--device {name!r} is not a device; use cpu or cuda[:N]")
+    if dev.type not in ("cpu", "cuda"):
+        error(f"--device {name}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        error(f"--device {name}: torch sees no CUDA device here (a CPU build, or no GPU); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        error(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """In-place exponential moving average of parameters."""
     with torch.no_grad():
@@ -196,7 +211,11 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--checkpoint-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu",
+                    help="where the UNet stage trains: cpu (the recipe's) or cuda[:N]; the random draws stay on the "
+                    "CPU generator, so a stage draws the same batches, noise and timesteps on either")
     a = ap.parse_args(argv)
+    dev = training_device(a.device, ap.error)
     if not 0 <= a.t_high <= 1:
         ap.error(f"--t-high {a.t_high} must be a share in [0, 1]")
     for flag, value in (("--ground-weight", a.ground_weight), ("--bind-weight", a.bind_weight)):
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> Path:
         rec = vae.decode(lat[:256] / scale).sample
         log(f"vae reconstruction mse on 256 renders {F.mse_loss(rec, x).item():.5f}")
 
-    masks = object_masks(captions, images, lat.shape[-1]) if a.object_weight != 1 else None
+    masks = object_masks(captions, images, lat.shape[-1]).to(dev) if a.object_weight != 1 else None
     if masks is not None:
         log(f"object cells: {masks.mean().item():.1%} of the latent; weighted {a.object_weight} against 1")
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -299,9 +318,12 @@ def main(argv: list[str] | None = None) -> Path:
         te_ema.load_state_dict(te.state_dict())
     for m in (unet_ema, te_ema):
         m.requires_grad_(False).eval()
-    log(f"unet ({a.arch}): {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
+    log(f"unet ({a.arch}): {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, on {dev}")
+    for m in {id(x): x for x in (unet, unet_ema, te, te_ema)}.values():
+        m.to(dev)
+    lat = lat.to(dev)
     noise_sched = train_scheduler()
-    acp = noise_sched.alphas_cumprod
+    acp = noise_sched.alphas_cumprod.to(dev)
     params = list(unet.parameters()) + ([] if frozen else list(te.parameters()))
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     unet.train()
@@ -311,8 +333,8 @@ def main(argv: list[str] | None = None) -> Path:
                                               ("binding", a.bind_weight, binding_loss)) if w > 0}
     aux_losses: dict[str, list[float]] = {name: [] for name in aux}
     if aux:
-        obj_masks = torch.from_numpy(np.stack(drawn))
-        groups = object_word_groups(captions, ids.shape[1])
+        obj_masks = torch.from_numpy(np.stack(drawn)).to(dev)
+        groups = object_word_groups(captions, ids.shape[1]).to(dev)
         recorder = install_recorder(unet)
         log(f"token grounding loss, weight {a.ground_weight}; binding loss, weight {a.bind_weight}: "
             f"{int(groups.sum())} object words in {len(captions)} captions")
@@ -338,12 +360,13 @@ def main(argv: list[str] | None = None) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, a.lr, 200, progress)
         idx = torch.randint(0, len(lat), (a.batch,), generator=gen)
-        x0 = lat[idx]
         cap = ids[idx].clone()
         drop = torch.rand(a.batch, generator=gen) < a.p_uncond
         cap[drop] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        t = sample_timesteps(a.batch, gen, a.t_high)
+        noise = torch.randn((a.batch, *lat.shape[1:]), generator=gen).to(dev)
+        t = sample_timesteps(a.batch, gen, a.t_high).to(dev)
+        idx, cap, drop = idx.to(dev), cap.to(dev), drop.to(dev)
+        x0 = lat[idx]
         ab = acp[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         with torch.set_grad_enabled(not frozen):
