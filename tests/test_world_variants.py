@@ -393,3 +393,30 @@ def test_remeasure_script_steps(tmp_path) -> None:
     env["HL"] = "false"
     out = subprocess.run(["bash", str(script), "10"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode != 0
+
+
+def test_binding_blind_states_hide_only_the_first_object() -> None:
+    """scripts/world_binding_blind.py's text states: as trained they are the text encoder's own output to the last
+    bit; blind, the second object's word states no longer depend on the first object's words, while the start token,
+    the first object's words and the end token are as before (the end token still sees both)."""
+    import runpy
+
+    root = Path(__file__).resolve().parents[1]
+    script = runpy.run_path(str(root / "scripts" / "world_binding_blind.py"))
+    encode, blind_mask = script["encode"], script["blind_mask"]
+    pipe = world.load_pipeline()
+    te, tok = pipe.text_encoder, pipe.tokenizer
+    texts = ["a red circle and a blue square", "a green cross and a blue square", "a large red circle"]
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = te(ids)[0]
+    causal, blind = encode(te, tok, texts, False), encode(te, tok, texts, True)
+    assert torch.equal(causal, ref)
+    second = slice(5, 8)  # 'a blue square': words 4-6, tokens 5-7
+    assert not torch.allclose(causal[0, second], causal[1, second], atol=1e-4)  # causal: they see 'red circle'
+    torch.testing.assert_close(blind[0, second], blind[1, second], rtol=0, atol=1e-5)
+    torch.testing.assert_close(blind[:, :5], causal[:, :5], rtol=0, atol=1e-5)  # start, object 1, 'and'
+    assert not torch.allclose(blind[0, 8], blind[1, 8], atol=1e-4)  # the end token sees both objects
+    torch.testing.assert_close(blind[2], causal[2], rtol=0, atol=1e-5)  # one object: nothing to hide
+    m = blind_mask(texts[:1], 10)[0, 0]
+    assert torch.isinf(m[5:8, 1:5]).all() and not torch.isinf(m[5:8, 5:8].tril()).any() and not torch.isinf(m[8, :9]).any()
