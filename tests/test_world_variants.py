@@ -420,3 +420,29 @@ def test_binding_blind_states_hide_only_the_first_object() -> None:
     torch.testing.assert_close(blind[2], causal[2], rtol=0, atol=1e-5)  # one object: nothing to hide
     m = blind_mask(texts[:1], 10)[0, 0]
     assert torch.isinf(m[5:8, 1:5]).all() and not torch.isinf(m[5:8, 5:8].tril()).any() and not torch.isinf(m[8, :9]).any()
+
+
+def test_binding_places_reads_each_object_at_its_said_place() -> None:
+    """scripts/world_binding_places.py on renders whose truth is known: the asked scene is read at its own places,
+    the scene with the two objects' places exchanged at the other object's, one colour on both only half right."""
+    import runpy
+
+    from headlens.world.quality import Prompt
+    from headlens.world.vocab import parse_caption
+
+    root = Path(__file__).resolve().parents[1]
+    place_hits = runpy.run_path(str(root / "scripts" / "world_binding_places.py"))["place_hits"]
+    scorer = world.Scorer()
+    asked = "a red circle on the left and a blue square on the right"
+    prompt = Prompt(asked, 0, parse_caption(asked))
+    drawn = {"asked": asked, "places exchanged": "a blue square on the left and a red circle on the right",
+             "one colour": "a red circle on the left and a red square on the right"}
+    got = {k: place_hits(scorer, [prompt], [np.asarray(world.render(c, seed=3)[0])]) for k, c in drawn.items()}
+    for r in ("shape", "colour", "shape and colour"):
+        assert got["asked"][f"{r} at own place"] == [True, True]
+        assert got["asked"][f"{r} at other's place"] == [False, False]
+        assert got["places exchanged"][f"{r} at own place"] == [False, False]
+        assert got["places exchanged"][f"{r} at other's place"] == [True, True]
+    assert got["one colour"]["shape at own place"] == [True, True]
+    assert got["one colour"]["colour at own place"] == [True, False]  # the square is red, not blue
+    assert got["one colour"]["colour at other's place"] == [True, False]  # red is also at the square's place
