@@ -27,3 +27,5 @@ step 8 "$PY" scripts/world_polysemy_route.py --guidance 1 --section world-poly-r
 step 9 bash docs/images/make_examples.sh
 step 10 "$HL" demo
 step 11 "$PY" scripts/world_binding_attention.py
+step 12 "$PY" scripts/world_binding_places.py
+step 13 "$PY" scripts/world_binding_blind.py

@@ -384,12 +384,13 @@ def test_remeasure_script_steps(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     script = root / "scripts" / "remeasure_world.sh"
     named = re.findall(r"(scripts/\w+\.py|docs/images/\w+\.sh)", script.read_text())
-    assert len(named) == 8 and all((root / p).is_file() for p in named), named
+    assert len(named) == 10 and all((root / p).is_file() for p in named), named
     env = dict(os.environ, HL="echo", PY="echo")
-    out = subprocess.run(["bash", str(script), "10"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(["bash", str(script), "11"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.splitlines() == [
-        "== step 10: echo demo", "demo",
-        "== step 11: echo scripts/world_binding_attention.py", "scripts/world_binding_attention.py"], out
+        "== step 11: echo scripts/world_binding_attention.py", "scripts/world_binding_attention.py",
+        "== step 12: echo scripts/world_binding_places.py", "scripts/world_binding_places.py",
+        "== step 13: echo scripts/world_binding_blind.py", "scripts/world_binding_blind.py"], out
     env["HL"] = "false"
     out = subprocess.run(["bash", str(script), "10"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode != 0
