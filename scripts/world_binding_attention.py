@@ -21,11 +21,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 
 from headlens import world
 from headlens.world.probe import ColumnProbe, install
-from headlens.world.quality import Prompt, two_prompts
+from headlens.world.quality import Prompt, load_measured, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 STEPS, GUIDANCE, EARLY = 25, 5.0, 10  # DDIM steps, guidance, the first EARLY steps are "the noisiest"
@@ -80,8 +79,7 @@ def main() -> None:
         sys.exit(f"error: --n {a.n} must be at least 1")
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    pipe = world.load_named(a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = load_measured(a.model)
     probe = ColumnProbe(map_steps=EARLY)  # plain attention; records the maps of the noisiest steps
     install(pipe.unet, probe)
     res_of = {}

@@ -21,20 +21,19 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from headlens import world
-from headlens.world.quality import Prompt, two_metrics, two_prompts
+from headlens.world.quality import Prompt, generate, load_measured, two_metrics, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 
-def blind_mask(texts: list[str], length: int) -> torch.Tensor:
-    """(N, 1, L, L) additive attention mask: causal, and for two-object captions the second object's word tokens
-    kept from the first object's and from 'and' (word i of a caption is token i + 1; the objects split at 'and')."""
+def blind_mask(texts: list[str], length: int, blind: bool = True) -> torch.Tensor:
+    """(N, 1, L, L) additive attention mask: causal, and (``blind``) for two-object captions the second object's
+    word tokens kept from the first object's and from 'and' (word i of a caption is token i + 1; the objects split
+    at 'and')."""
     allowed = torch.tril(torch.ones(length, length, dtype=torch.bool)).repeat(len(texts), 1, 1)
-    for b, text in enumerate(texts):
-        words = text.split()
-        if "and" in words:
+    for b, words in enumerate(t.split() for t in texts):
+        if blind and "and" in words:
             k = words.index("and")
             allowed[b, k + 2:len(words) + 1, 1:k + 2] = False
     return torch.zeros(len(texts), 1, length, length).masked_fill(~allowed[:, None], float("-inf"))
@@ -46,26 +45,17 @@ def encode(text_encoder, tokenizer, texts: list[str], blind: bool) -> torch.Tens
     ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     tower = getattr(text_encoder, "text_model", text_encoder)
-    causal = torch.zeros(len(texts), 1, ids.shape[1], ids.shape[1]).masked_fill(
-        ~torch.tril(torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool)), float("-inf"))
-    mask = blind_mask(texts, ids.shape[1]) if blind else causal
-    h = tower.encoder(inputs_embeds=tower.embeddings(input_ids=ids), attention_mask=mask,
+    h = tower.encoder(inputs_embeds=tower.embeddings(input_ids=ids), attention_mask=blind_mask(texts, ids.shape[1], blind),
                       is_causal=False).last_hidden_state
     return tower.final_layer_norm(h)
 
 
-def draw(pipe, prompts: list[Prompt], blind: bool, batch: int = 50) -> list[np.ndarray]:
-    """uint8 images at the shipped setting (DDIM 25, guidance 5, each prompt's seed) from the given text states."""
-    images: list[np.ndarray] = []
-    for i in range(0, len(prompts), batch):
-        part = prompts[i:i + batch]
-        cond = encode(pipe.text_encoder, pipe.tokenizer, [p.text for p in part], blind)
-        uncond = encode(pipe.text_encoder, pipe.tokenizer, [""] * len(part), False)
-        gens = [torch.Generator().manual_seed(p.seed) for p in part]
-        out = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=25, guidance_scale=5.0,
-                   generator=gens, output_type="np").images
-        images += list((out * 255).round().astype(np.uint8))
-    return images
+def text_states(pipe, blind: bool):
+    """For `quality.generate`: texts -> (their states, the empty prompt's), as trained or blind."""
+    def states(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (encode(pipe.text_encoder, pipe.tokenizer, texts, blind),
+                encode(pipe.text_encoder, pipe.tokenizer, [""] * len(texts), False))
+    return states
 
 
 def object_hits(scorer: world.Scorer, prompts: list[Prompt], images: list[np.ndarray]) -> dict[str, list[bool]]:
@@ -86,14 +76,13 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    pipe = world.load_named(a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = load_measured(a.model)
     scorer, prompts = world.Scorer(), two_prompts(200)
     cols = ("an object missing (colour+shape)", "first named drawn right", "second named drawn right",
             "both colours present", "both shapes present")
     rows = ["| second object's text states | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for blind in (False, True):
-        images = draw(pipe, prompts, blind)
+        images = generate(pipe, prompts, 25, 5.0, text_states=text_states(pipe, blind))
         m = {**two_metrics(scorer, prompts, images), **object_hits(scorer, prompts, images)}
         name = "blind to the first object" if blind else "as trained (causal)"
         rows.append(f"| {name} | " + " | ".join(fmt_ci(m[c]) for c in cols) + " |")

@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline
 
 from headlens import world
-from headlens.world.quality import generate, two_metrics, two_prompts
+from headlens.world.quality import generate, load_measured, two_metrics, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -37,8 +37,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    pipe = world.load_named(a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = load_measured(a.model)
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
     scorer = world.Scorer()
     prompts = two_prompts(a.n)

@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from headlens import world
-from headlens.world.quality import Prompt, generate, two_prompts
+from headlens.world.quality import Prompt, generate, load_measured, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 READS = ("shape", "colour", "shape and colour")
@@ -50,8 +49,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    pipe = world.load_named(a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = load_measured(a.model)
     prompts = [p for p in two_prompts(200) if p.scene.objects[0].position and p.scene.objects[1].position]
     scorer = world.Scorer()
     renders = [np.asarray(world.render(p.text, seed=p.seed)[0]) for p in prompts]

@@ -18,11 +18,10 @@ import sys
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from headlens import world
 from headlens.world.probe import ColumnProbe
-from headlens.world.quality import Prompt, generate, install, two_metrics, two_prompts
+from headlens.world.quality import Prompt, generate, install, load_measured, two_metrics, two_prompts
 from headlens.world.report import fmt_ci, write_section
 
 # (DDIM steps, guidance, token classes whose columns are set to 0: 2 end, 3 padding); the first is the shipped default
@@ -48,8 +47,7 @@ def main() -> None:
     ap.add_argument("--shipped-only", action="store_true", help="only the shipped setting, all prompts (one row)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    pipe = world.load_named(a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = load_measured(a.model)
     probe = ColumnProbe(n_classes=4)  # passes attention through unchanged unless columns are removed
     install(pipe.unet, probe)
     scorer = world.Scorer()

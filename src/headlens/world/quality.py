@@ -89,9 +89,24 @@ def token_classes(tok, texts: list[str]) -> torch.Tensor:
     return out
 
 
+def load_measured(model: str = "world"):
+    """``world.load_named(model)`` with the scheduler the measuring scripts sample with: DDIM on the pipeline's own
+    betas, no x0 clipping (latents are not images)."""
+    from diffusers import DDIMScheduler
+
+    from . import load_named
+
+    pipe = load_named(model)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    return pipe
+
+
 def generate(pipe, prompts: list[Prompt], steps: int = 25, cfg: float = 5.0, batch: int = 50,
-             probe: ColumnProbe | None = None, zero: tuple[int, ...] = ()) -> list[np.ndarray]:
-    """uint8 images for prompts (per-prompt seeds); zero: token classes whose columns are set to 0."""
+             probe: ColumnProbe | None = None, zero: tuple[int, ...] = (),
+             text_states=None) -> list[np.ndarray]:
+    """uint8 images for prompts (per-prompt seeds); zero: token classes whose columns are set to 0; text_states:
+    optional ``texts -> (prompt_embeds, negative_prompt_embeds)`` to sample from other text states than the text
+    encoder's own."""
     imgs: list[np.ndarray] = []
     for i in range(0, len(prompts), batch):
         part = prompts[i:i + batch]
@@ -104,7 +119,9 @@ def generate(pipe, prompts: list[Prompt], steps: int = 25, cfg: float = 5.0, bat
                 f[cls == c] = 0.0
             probe.factors = f if zero else None
         gens = [torch.Generator().manual_seed(p.seed) for p in part]
-        out = pipe(texts, num_inference_steps=steps, guidance_scale=cfg, generator=gens, output_type="np").images
+        text = {"prompt": texts} if text_states is None else dict(
+            zip(("prompt_embeds", "negative_prompt_embeds"), text_states(texts)))
+        out = pipe(**text, num_inference_steps=steps, guidance_scale=cfg, generator=gens, output_type="np").images
         imgs += list((out * 255).round().astype(np.uint8))
     return imgs
 
@@ -163,5 +180,6 @@ def attention_mass(probe: ColumnProbe) -> dict[str, list[float]]:
     return out
 
 
-__all__ = ["GEOMETRIC", "TOKEN_CLASSES", "Prompt", "attention_mass", "generate", "install", "poly_prompts",
+__all__ = ["GEOMETRIC", "TOKEN_CLASSES", "Prompt", "attention_mass", "generate", "install", "load_measured",
+           "poly_prompts",
            "single_metrics", "single_prompts", "two_metrics", "two_prompts"]
