@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 import headlens
 from headlens.world import Scorer, load_pipeline
+from headlens.world.quality import measuring_scheduler
 from headlens.world.report import bootstrap_ci, fmt_ci, write_section
 
 
@@ -37,10 +37,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    pipe = load_pipeline(variant=a.variant)
+    pipe = measuring_scheduler(load_pipeline(variant=a.variant))
     if a.hrv is None:
         a.hrv = "docs/world-report-joint/hrv" if a.variant == "joint" else "docs/world-report/hrv"
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     reader = Scorer()
     hrv = headlens.HRV.load(a.hrv, pipe)
     every = list(range(len(hrv.heads)))

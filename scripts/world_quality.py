@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
 from headlens.world import Scorer, load_pipeline, model_path
 from headlens.world.probe import ColumnProbe, install
@@ -21,6 +20,7 @@ from headlens.world.quality import (
     Prompt,
     attention_mass,
     generate,
+    measuring_scheduler,
     poly_prompts,
     single_metrics,
     single_prompts,
@@ -48,8 +48,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    pipe = load_pipeline(folder=a.model)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe = measuring_scheduler(load_pipeline(folder=a.model))
     probe = ColumnProbe(n_classes=4)
     install(pipe.unet, probe)
     scorer = Scorer()

@@ -447,3 +447,20 @@ def test_binding_places_reads_each_object_at_its_said_place() -> None:
     assert got["one colour"]["shape at own place"] == [True, True]
     assert got["one colour"]["colour at own place"] == [True, False]  # the square is red, not blue
     assert got["one colour"]["colour at other's place"] == [True, False]  # red is also at the square's place
+
+
+def test_measuring_scheduler_is_ddim_on_the_pipelines_own_betas() -> None:
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    from headlens.world.quality import load_measured, measuring_scheduler
+
+    shipped = world.load_pipeline()
+    shipped.scheduler = PNDMScheduler.from_config(shipped.scheduler.config)  # as a user might have swapped it
+    betas = shipped.scheduler.betas.clone()
+    pipe = measuring_scheduler(shipped)
+    assert pipe is shipped and isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.clip_sample is False
+    assert torch.equal(pipe.scheduler.betas, betas)  # SD's scaled_linear betas, not DDIM's defaults
+    joint = load_measured("world-joint")
+    assert isinstance(joint.scheduler, DDIMScheduler) and joint.scheduler.config.clip_sample is False
+    assert joint.unet.config.block_out_channels == world.load_pipeline(variant="joint").unet.config.block_out_channels

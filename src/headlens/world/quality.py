@@ -89,16 +89,20 @@ def token_classes(tok, texts: list[str]) -> torch.Tensor:
     return out
 
 
-def load_measured(model: str = "world"):
-    """``world.load_named(model)`` with the scheduler the measuring scripts sample with: DDIM on the pipeline's own
-    betas, no x0 clipping (latents are not images)."""
+def measuring_scheduler(pipe):
+    """Give ``pipe`` the scheduler the measuring scripts sample with: DDIM on the pipeline's own betas, no x0
+    clipping (latents are not images). Returns the pipeline."""
     from diffusers import DDIMScheduler
 
-    from . import load_named
-
-    pipe = load_named(model)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     return pipe
+
+
+def load_measured(model: str = "world"):
+    """``world.load_named(model)`` with the measuring scheduler (``measuring_scheduler``)."""
+    from . import load_named
+
+    return measuring_scheduler(load_named(model))
 
 
 def generate(pipe, prompts: list[Prompt], steps: int = 25, cfg: float = 5.0, batch: int = 50,
