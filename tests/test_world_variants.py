@@ -464,3 +464,18 @@ def test_measuring_scheduler_is_ddim_on_the_pipelines_own_betas() -> None:
     joint = load_measured("world-joint")
     assert isinstance(joint.scheduler, DDIMScheduler) and joint.scheduler.config.clip_sample is False
     assert joint.unet.config.block_out_channels == world.load_pipeline(variant="joint").unet.config.block_out_channels
+
+
+def test_trial_pipeline_shares_the_shipped_parts() -> None:
+    """trials/world-tx2b (docs/world.md): the shipped VAE and frozen text encoder, bit for bit, and an sd-tx2 UNet."""
+    root = Path(__file__).resolve().parents[1]
+    trial, shipped = root / "trials" / "world-tx2b" / "pipeline", world.model_path()
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(trial / part)), load_file(str(shipped / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pipe = world.load_pipeline(folder=trial)
+    assert _heads(pipe.unet) == [8] * 20  # 20 cross-attention layers x 8 heads
+    assert make_unet("sd-tx2").state_dict().keys() == pipe.unet.state_dict().keys()
+    info = json.loads((trial.parent / "train_info.json").read_text())
+    assert info["args"]["arch"] == "sd-tx2" and info["args"]["bind_weight"] == 0.05
+    assert info["unet_steps_done"] == 5519
