@@ -185,5 +185,4 @@ def attention_mass(probe: ColumnProbe) -> dict[str, list[float]]:
 
 
 __all__ = ["GEOMETRIC", "TOKEN_CLASSES", "Prompt", "attention_mass", "generate", "install", "load_measured",
-           "poly_prompts",
-           "single_metrics", "single_prompts", "two_metrics", "two_prompts"]
+           "measuring_scheduler", "poly_prompts", "single_metrics", "single_prompts", "two_metrics", "two_prompts"]
