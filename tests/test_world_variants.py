@@ -466,10 +466,13 @@ def test_measuring_scheduler_is_ddim_on_the_pipelines_own_betas() -> None:
     assert joint.unet.config.block_out_channels == world.load_pipeline(variant="joint").unet.config.block_out_channels
 
 
-def test_trial_pipeline_shares_the_shipped_parts() -> None:
-    """trials/world-tx2b (docs/world.md): the shipped VAE and frozen text encoder, bit for bit, and an sd-tx2 UNet."""
+@pytest.mark.parametrize("name, steps, start", [("world-tx2b", 5519, "runs/world/tx2/pipeline"),
+                                                 ("world-tx2c", 5527, "trials/world-tx2b/pipeline")])
+def test_trial_pipeline_shares_the_shipped_parts(name: str, steps: int, start: str) -> None:
+    """trials/world-tx2b and -tx2c (docs/world.md): the shipped VAE and frozen text encoder, bit for bit, and an
+    sd-tx2 UNet trained from the recorded start with the binding loss."""
     root = Path(__file__).resolve().parents[1]
-    trial, shipped = root / "trials" / "world-tx2b" / "pipeline", world.model_path()
+    trial, shipped = root / "trials" / name / "pipeline", world.model_path()
     for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         a, b = load_file(str(trial / part)), load_file(str(shipped / part))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -478,4 +481,4 @@ def test_trial_pipeline_shares_the_shipped_parts() -> None:
     assert make_unet("sd-tx2").state_dict().keys() == pipe.unet.state_dict().keys()
     info = json.loads((trial.parent / "train_info.json").read_text())
     assert info["args"]["arch"] == "sd-tx2" and info["args"]["bind_weight"] == 0.05
-    assert info["unet_steps_done"] == 5519
+    assert info["unet_steps_done"] == steps and info["args"]["init_from"] == start
