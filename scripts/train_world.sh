@@ -16,10 +16,15 @@
 #   7. UNet, a fifth cycle from stage 6: the fruit sense of 'orange' three times as common as each other shape
 #      (--fruit-weight 3), seed 4 (25 min budget, two threads)
 #   8. UNet, a sixth cycle from stage 7: the colour sense of 'orange' rarer again (weight 0.02), seed 5 (25 min
-#      budget, two threads) -- the shipped UNet
+#      budget, two threads)
+#   9. UNet grown to the sd-tx2 layout (two transformer blocks per attention module: 20 cross-attention layers x 8 =
+#      160 heads; the new blocks start as the identity), from stage 8, seed 6 (55 min budget, two threads)
+#  10. UNet, sd-tx2, binding: 80 % two-object captions, every colour said (--p-color 1.0), the binding loss at
+#      weight 0.05, seed 8 (130 min budget, two threads)
+#  11. UNet, the same flags again from stage 10, seed 9 (130 min budget, two threads) -- the shipped UNet
 # Each stage is one command that writes its own folder, so the chain can be run across sessions.
 #   bash scripts/train_world.sh [OUT] [FIRST_STAGE]
-#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet6/pipeline/unet/. src/headlens/world/model/unet/
+#   then: cp -r OUT/clip/clip/. src/headlens/world/clip/ ; cp -r OUT/unet9/pipeline/unet/. src/headlens/world/model/unet/
 #   (the shipped VAE, tokenizer and scheduler are stage 3's: cp -r OUT/unet1/pipeline/. src/headlens/world/model/ first)
 # The learning-rate schedules follow max(step fraction, time fraction): on a slower or busier machine the
 # stages end on time with fewer steps. Add --no-time-schedule to each line for a step-exact repeat.
@@ -46,4 +51,15 @@ T="--threads 1"
 [ "$FIRST" -le 8 ] && $PY -m headlens.world.train --out "$OUT/unet6" --seed 5 --n-images 60000 \
     --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet5/pipeline" --arch sd \
     --unet-steps 4000 --lr 2e-4 --minutes 25 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.02 --fruit-weight 3
-echo "done: $OUT/unet6/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"
+[ "$FIRST" -le 9 ] && $PY -m headlens.world.train --out "$OUT/unet7" --seed 6 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet6/pipeline" --arch sd-tx2 \
+    --unet-steps 8000 --lr 3e-4 --minutes 55 --threads 2 --p-two 0.65 --p-pattern 0.8 --orange-weight 0.02 --fruit-weight 3
+[ "$FIRST" -le 10 ] && $PY -m headlens.world.train --out "$OUT/unet8" --seed 8 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet7/pipeline" --arch sd-tx2 \
+    --unet-steps 9000 --lr 3e-4 --minutes 130 --threads 2 --p-two 0.8 --p-color 1.0 --p-pattern 0.8 --orange-weight 0.02 \
+    --fruit-weight 3 --bind-weight 0.05
+[ "$FIRST" -le 11 ] && $PY -m headlens.world.train --out "$OUT/unet9" --seed 9 --n-images 60000 \
+    --vae-from "$OUT/unet1/pipeline" --text-encoder-from "$OUT/clip/clip" --init-from "$OUT/unet8/pipeline" --arch sd-tx2 \
+    --unet-steps 9000 --lr 3e-4 --minutes 130 --threads 2 --p-two 0.8 --p-color 1.0 --p-pattern 0.8 --orange-weight 0.02 \
+    --fruit-weight 3 --bind-weight 0.05
+echo "done: $OUT/unet9/pipeline (the shipped UNet; VAE and the rest from $OUT/unet1/pipeline)"

@@ -1,12 +1,12 @@
-"""Facts of the bundled world models as shipped now (README: the default has 10 cross-attention layers × 8
-heads = 80 heads; the joint model 7 × 8 = 56).
+"""Facts of the bundled world models as shipped now (README: the default has 20 cross-attention layers × 8
+heads = 160 heads, the `sd-tx2` layout; the joint model 7 × 8 = 56).
 
 One place to update when a new world model ships.
 """
 
-WORLD_LAYERS = 10  # cross-attention (attn2) modules of the shipped default UNet
+WORLD_LAYERS = 20  # cross-attention (attn2) modules of the shipped default UNet
 WORLD_HEADS_PER_LAYER = 8
-WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 80: `headlens build --model world` HRVs have this many heads
+WORLD_HEADS = WORLD_LAYERS * WORLD_HEADS_PER_LAYER  # 160: `headlens build --model world` HRVs have this many heads
 JOINT_LAYERS = 7  # `--model world-joint`
 JOINT_HEADS = JOINT_LAYERS * WORLD_HEADS_PER_LAYER  # 56
 

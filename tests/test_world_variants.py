@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from headlens import world
 from headlens.cli.common import is_world
 from headlens.world.model import make_unet
+from shipped_world import WORLD_LAYERS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +61,7 @@ def test_joint_model_ships_and_loads() -> None:
     pipe = world.load_pipeline(variant="joint")
     assert _heads(pipe.unet) == [8] * 7
     named = world.load_named("world-joint")  # scripts' --model: a CLI name or a folder
-    assert _heads(named.unet) == [8] * 7 and _heads(world.load_named(str(world.model_path())).unet) == [8] * 10
+    assert _heads(named.unet) == [8] * 7 and _heads(world.load_named(str(world.model_path())).unet) == [8] * WORLD_LAYERS
     info = json.loads((world.model_path("joint") / "training.json").read_text())
     assert info["recipe"] == "scripts/train_world_joint.sh"
     img = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
@@ -351,7 +352,7 @@ def test_binding_attention_pieces() -> None:
     gen = torch.Generator().manual_seed(0)
     got = pipe([asked] * 2, num_inference_steps=3, guidance_scale=5.0, generator=gen, output_type="np").images
     np.testing.assert_allclose(got, plain, atol=1e-5)
-    assert len(rec.maps) == 10 and all(c == 3 for c in rec.calls.values())
+    assert len(rec.maps) == WORLD_LAYERS and all(c == 3 for c in rec.calls.values())
     for s in rec.maps.values():
         assert s.shape[0] == 2 and s.shape[2] == 24
         torch.testing.assert_close(s.sum(-1), torch.full(s.shape[:2], 2.0))  # two steps kept, each row sums to 1
