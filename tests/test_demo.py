@@ -32,7 +32,7 @@ def test_demo_small(tmp_path):
     d = out / "hrv" / f"weaken-{DEMO_CONCEPT}"
     summary = json.loads((d / "summary.json").read_text())
     H = WORLD_HEADS
-    ks = [0, H // 8, H // 4, H // 2, H]  # none, an eighth, a quarter, half, all
+    ks = [0, H // 4, H // 2, H]  # none, a quarter, half, all
     assert summary["concept"] == DEMO_CONCEPT and summary["num_heads"] == H and summary["ks"] == ks
     assert summary["items"] == 2 * 2  # --weaken-prompts 2 × seeds 10, 20
     curves = {(c["order"], c["tokens"]): c for c in summary["curves"]}
