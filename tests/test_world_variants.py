@@ -483,3 +483,18 @@ def test_trial_pipeline_shares_the_shipped_parts(name: str, steps: int, start: s
     info = json.loads((trial.parent / "train_info.json").read_text())
     assert info["args"]["arch"] == "sd-tx2" and info["args"]["bind_weight"] == 0.05
     assert info["unet_steps_done"] == steps and info["args"]["init_from"] == start
+
+
+def test_shipped_unet_is_the_last_recorded_stage() -> None:
+    """The default UNet is trials/world-tx2c's bit for bit, and training.json's last stage is that run (stage 11 of
+    scripts/train_world.sh, recorded with the same flags and step count as the trial's own train_info.json)."""
+    root = Path(__file__).resolve().parents[1]
+    trial = root / "trials" / "world-tx2c"
+    part = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(trial / "pipeline" / part)), load_file(str(world.model_path() / part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    last = json.loads((world.model_path() / "training.json").read_text())["stages"][-1]
+    ran = json.loads((trial / "train_info.json").read_text())
+    assert last["args"]["out"] == "runs/world/unet9" and last["unet_steps_done"] == ran["unet_steps_done"]
+    same = ("seed", "lr", "minutes", "unet_steps", "arch", "p_two", "p_color", "bind_weight", "threads")
+    assert {k: last["args"][k] for k in same} == {k: ran["args"][k] for k in same}
