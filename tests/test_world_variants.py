@@ -498,3 +498,19 @@ def test_shipped_unet_is_the_last_recorded_stage() -> None:
     assert last["args"]["out"] == "runs/world/unet9" and last["unet_steps_done"] == ran["unet_steps_done"]
     same = ("seed", "lr", "minutes", "unet_steps", "arch", "p_two", "p_color", "bind_weight", "threads")
     assert {k: last["args"][k] for k in same} == {k: ran["args"][k] for k in same}
+
+
+def test_stage8_pipeline_is_the_previous_default() -> None:
+    """trials/world-stage8 (the default until stages 9-11 shipped): the shipped VAE and text encoder bit for bit,
+    the 80-head sd UNet, and stages 1-8 recorded, the last of them writing unet6 (the recipe's stage 8)."""
+    root = Path(__file__).resolve().parents[1]
+    old, shipped = root / "trials" / "world-stage8" / "pipeline", world.model_path()
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(old / part)), load_file(str(shipped / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    unet = world.load_pipeline(folder=old).unet
+    assert _heads(unet) == [8] * 10 and make_unet("sd").state_dict().keys() == unet.state_dict().keys()
+    stages = json.loads((old / "training.json").read_text())["stages"]
+    assert stages[-1]["args"]["out"] == "runs/world/unet6" and stages[-1]["unet_steps_done"] == 1722
+    new = json.loads((shipped / "training.json").read_text())["stages"]
+    assert new[:len(stages)][-1]["args"] == stages[-1]["args"]  # the default's record continues this one
