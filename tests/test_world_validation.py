@@ -319,6 +319,48 @@ def test_interrupted_report_resumes_finished_sections(sd_pipe, tmp_path, monkeyp
     assert "ae" in r and (tmp_path / "r.md").exists()
 
 
+def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
+    """`sections=`: runs that each compute some sections into OUT/.partial (as parallel processes would), then a
+    `resume=True` run that computes nothing and writes the same report as one uninterrupted run."""
+    import headlens.validation.world_report as wr
+
+    cfg = ReportConfig.quick()
+    cfg.weaken, cfg.effects = {"Color": 2}, {"Color": 1}
+    whole = run_report(sd_pipe, StubReader(), tmp_path / "whole", config=cfg, log=None)
+    out = tmp_path / "r"
+    got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["p2p", "effects"])
+    assert got["done"] == ["hrv", "effects", "p2p"] and "ae" in got["missing"] and "weakening" in got["missing"]
+    assert not (out / "report.json").exists() and (out / ".partial" / "effects.json").exists()
+    assert not (out / ".partial" / "weakening.json").exists()
+    rest = [n for n in wr.REPORT_SECTIONS if n not in ("hrv", "p2p", "effects")]
+    # a second "process" with sections= never clears the first one's work, even without resume=True
+    assert run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=rest)["missing"] == []
+    r = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, resume=True)
+    assert r["resumed_sections"] == sorted(wr.REPORT_SECTIONS)
+
+    def same(x):  # the results, without the run's timings and its output paths
+        if isinstance(x, dict):
+            return {k: same(v) for k, v in x.items() if k not in ("seconds", "files")}
+        return [same(v) for v in x] if isinstance(x, list) else x
+
+    for name in wr.REPORT_SECTIONS:
+        assert same(r[name]) == same(whole[name]), name
+    with pytest.raises(ValueError, match="unknown report section"):
+        run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["weaken"])
+
+
+def test_report_cli_refuses_an_unknown_section(tmp_path, monkeypatch, capsys):
+    from headlens.cli import main
+
+    monkeypatch.setattr("sys.argv", ["headlens", "world", "report", "--quick", "--sections", "effects,weaken",
+                                     "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code != 0 and len(err) == 1 and "--sections" in err[0] and "weaken" in err[0]
+    assert "polysemy_hard" in err[0] and not (tmp_path / "o").exists()
+
+
 def test_quick_report_cli_on_bundled_world_model(tmp_path):
     from typer.testing import CliRunner
 

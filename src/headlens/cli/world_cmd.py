@@ -44,6 +44,7 @@ def report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     poly_hard_guidance: float = typer.Option(None, "--poly-hard-guidance", help="Guidance of the hard polysemy case ('an orange circle'), low so that the model misreads 'orange' as the fruit (default: ReportConfig's; 1 = no classifier-free guidance)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
+    sections: str = typer.Option(None, "--sections", help="Compute only these sections, comma-separated (attention_mass, weakening, effects, polysemy, polysemy_hard, p2p, ae), into OUT/.partial, reusing finished ones: several processes can fill one report side by side; then `--resume` without --sections writes it."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
@@ -66,6 +67,7 @@ def report_command(
         raise UserError(f"no world pipeline at {path} (model_index.json missing); train one with "
                         "`python -m headlens.world.train` or give --model FOLDER")
     at_least(poly_hard_guidance, 1.0, "--poly-hard-guidance")
+    chosen = _sections(sections)
     output_folder(out, create=not dry_run)
     pipe = world.load_pipeline(folder=folder, variant=variant or "default")
     cfg = ReportConfig.quick() if quick else ReportConfig()
@@ -80,7 +82,22 @@ def report_command(
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     name = {"default": "bundled world model", "joint": "bundled world-joint model"}.get(variant, f"world model at {folder}")
-    run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume)
+    run_report(pipe, reader, out, config=cfg, markdown=markdown, log=echo, model_name=name, resume=resume,
+               sections=chosen)
+
+
+def _sections(text: str | None) -> list[str] | None:
+    """--sections: comma-separated names of the report's sections, checked before any work."""
+    from headlens.validation import REPORT_SECTIONS
+
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in REPORT_SECTIONS]
+    if not names or unknown:
+        raise UserError(f"--sections {text!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(REPORT_SECTIONS)}, comma-separated")
+    return names
 
 
 COMPARE_EXAMPLES = """Examples:

@@ -2,6 +2,7 @@
 
 from .world_report import (
     CONCEPTS,
+    REPORT_SECTIONS,
     ReportConfig,
     SoftWorldScorer,
     attribute_prompts,
@@ -17,6 +18,7 @@ from .world_report import (
 
 __all__ = [
     "CONCEPTS",
+    "REPORT_SECTIONS",
     "ReportConfig",
     "SoftWorldScorer",
     "attribute_prompts",

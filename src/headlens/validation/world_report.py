@@ -889,9 +889,14 @@ def report_hrvs(pipe, control, cfg: ReportConfig) -> tuple[list, list]:
     return build_hrvs(pipe, prompts, cfg, concepts), build_hrvs(control, prompts, cfg, concepts)
 
 
+# the report's sections in the order a run computes them (`run_report(sections=)`, `headlens world report --sections`)
+REPORT_SECTIONS = ("hrv", "attention_mass", "weakening", "effects", "polysemy", "polysemy_hard", "p2p", "ae")
+
+
 def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = None, control=None,
                markdown: str | Path | None = None, log: Callable[[str], None] | None = print,
-               model_name: str = "bundled world model", resume: bool = False) -> dict:
+               model_name: str = "bundled world model", resume: bool = False,
+               sections: Sequence[str] | None = None) -> dict:
     """Run every section on ``pipe`` and write ``out/report.json``, PNGs and the Markdown report.
 
     ``reader``: ground truth from pixels (``score(image)``, ``score_objects(image)``; the world's
@@ -899,7 +904,17 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     :func:`random_init_control` of ``pipe``). ``markdown``: default ``<out>.md`` beside the folder.
     Each finished section is kept in ``out/.partial/`` until the report is written; ``resume=True``
     reuses those of an interrupted run with the same model and configuration.
+
+    ``sections``: compute only these sections (names in :data:`REPORT_SECTIONS`; the HRVs are built or reused
+    first) into ``out/.partial/``, reusing finished ones and never clearing the folder, so that several processes
+    can fill one report side by side; the report itself is written by a run without ``sections`` (with
+    ``resume=True``) once they are done. Returns ``{"done": [...], "missing": [...]}`` then.
     """
+    if sections is not None:
+        unknown = sorted(set(sections) - set(REPORT_SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown report section(s) {', '.join(unknown)}; choose from {', '.join(REPORT_SECTIONS)}")
+        resume = True
     from ..hrv import HRV
 
     cfg = config or ReportConfig()
@@ -946,6 +961,8 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
         for name, fn in steps:
+            if sections is not None and name not in sections:
+                continue
             if partial.has(name):
                 report[name], timings[name] = partial.get(name)
                 say(f"{name}: reused from an interrupted run")
@@ -958,6 +975,12 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     finally:
         pipe.scheduler = old
         control.scheduler = old_c
+    if sections is not None:
+        names = ["hrv"] + [name for name, _ in steps]
+        done = [n for n in names if partial.has(n)]
+        say(f"sections done: {', '.join(done)}; still to run: {', '.join(n for n in names if n not in done) or 'none'} "
+            f"(then `--resume` without --sections writes the report)")
+        return {"done": done, "missing": [n for n in names if n not in done]}
     timings["total"] = (time.time() - t_start) + sum(v for k, v in timings.items() if k in partial.reused)
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     report["resumed_sections"] = sorted(partial.reused)
@@ -1048,6 +1071,6 @@ def render_markdown(r: dict, out: Path, md_path: Path) -> str:
     return render(r, out, md_path)
 
 
-__all__ = ["CONCEPTS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "edit_pairs",
+__all__ = ["CONCEPTS", "REPORT_SECTIONS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "edit_pairs",
            "mean_ci", "planned_generations", "polysemy_prompts", "random_init_control", "render_from_json", "run_report", "two_object_prompts",
            "vote_stats"]
