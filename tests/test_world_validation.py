@@ -325,13 +325,27 @@ def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
     import headlens.validation.world_report as wr
 
     cfg = ReportConfig.quick()
-    cfg.weaken, cfg.effects = {"Color": 2}, {"Color": 1}
+    cfg.weaken, cfg.effects = {"Color": 2}, {"Color": 1, "Shape": 1}
     whole = run_report(sd_pipe, StubReader(), tmp_path / "whole", config=cfg, log=None)
     out = tmp_path / "r"
-    got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["p2p", "effects"])
-    assert got["done"] == ["hrv", "effects", "p2p"] and "ae" in got["missing"] and "weakening" in got["missing"]
-    assert not (out / "report.json").exists() and (out / ".partial" / "effects.json").exists()
-    assert not (out / ".partial" / "weakening.json").exists()
+    got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["p2p", "effects:Shape"])
+    assert got["done"] == ["hrv", "p2p", "effects:Shape"] and {"ae", "weakening", "effects"} <= set(got["missing"])
+    assert not (out / "report.json").exists() and (out / ".partial" / "effects.Shape.json").exists()
+    assert not (out / ".partial" / "weakening.json").exists() and not (out / ".partial" / "effects.Color.json").exists()
+    # the whole section then computes only the concept still missing (Shape is not generated again)
+    calls = []
+    real = wr._concept_effects
+
+    def counted(*a, **k):
+        calls.append(a[7])
+        return real(*a, **k)
+
+    wr._concept_effects = counted
+    try:
+        assert "effects" in run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["effects"])["done"]
+    finally:
+        wr._concept_effects = real
+    assert calls == ["Color"]
     rest = [n for n in wr.REPORT_SECTIONS if n not in ("hrv", "p2p", "effects")]
     # a second "process" with sections= never clears the first one's work, even without resume=True
     assert run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=rest)["missing"] == []
@@ -352,7 +366,7 @@ def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
 def test_report_cli_refuses_an_unknown_section(tmp_path, monkeypatch, capsys):
     from headlens.cli import main
 
-    monkeypatch.setattr("sys.argv", ["headlens", "world", "report", "--quick", "--sections", "effects,weaken",
+    monkeypatch.setattr("sys.argv", ["headlens", "world", "report", "--quick", "--sections", "effects:Color,weaken",
                                      "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as e:
         main()

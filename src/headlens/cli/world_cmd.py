@@ -44,7 +44,7 @@ def report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     poly_hard_guidance: float = typer.Option(None, "--poly-hard-guidance", help="Guidance of the hard polysemy case ('an orange circle'), low so that the model misreads 'orange' as the fruit (default: ReportConfig's; 1 = no classifier-free guidance)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
-    sections: str = typer.Option(None, "--sections", help="Compute only these sections, comma-separated (attention_mass, weakening, effects, polysemy, polysemy_hard, p2p, ae), into OUT/.partial, reusing finished ones: several processes can fill one report side by side; then `--resume` without --sections writes it."),
+    sections: str = typer.Option(None, "--sections", help="Compute only these sections, comma-separated (attention_mass, weakening, effects, polysemy, polysemy_hard, p2p, ae; effects:Color for one concept's single-head effects), into OUT/.partial, reusing finished ones: several processes can fill one report side by side; then `--resume` without --sections writes it."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:
@@ -88,15 +88,17 @@ def report_command(
 
 def _sections(text: str | None) -> list[str] | None:
     """--sections: comma-separated names of the report's sections, checked before any work."""
-    from headlens.validation import REPORT_SECTIONS
+    from headlens.validation import CONCEPTS, REPORT_SECTIONS
 
     if text is None:
         return None
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in REPORT_SECTIONS]
+    unknown = [n for n in names if n not in REPORT_SECTIONS and not
+               (n.startswith("effects:") and n.split(":", 1)[1] in CONCEPTS)]
     if not names or unknown:
         raise UserError(f"--sections {text!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(REPORT_SECTIONS)}, comma-separated")
+                        f"choose from {', '.join(REPORT_SECTIONS)} or effects:CONCEPT (one "
+                        "concept's single-head effects), comma-separated")
     return names
 
 

@@ -597,64 +597,84 @@ def _plot_weakening(res: dict, path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- section 3: head effects
-def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings, log, out: Path) -> dict:
-    """Single-head causal effects (graded ground-truth score) and their Spearman correlation with HRVs."""
-    from ..analysis import head_effects
-    from ..analysis.stats import bootstrap_indices
+def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings, log, out: Path,
+                    only: Sequence[str] | None = None, cache=None) -> dict:
+    """Single-head causal effects (graded ground-truth score) and their Spearman correlation with HRVs.
 
+    ``cache``: an object with ``get(concept)`` (a finished concept's result or None) and ``put(concept, result)``,
+    so that an interrupted section keeps its finished concepts; ``only``: compute just these concepts (the others
+    are taken from the cache where finished, else left out)."""
     res: dict = {"tokens": cfg.effects_tokens, "factor": -2.0, "concepts": {}}
     for concept, n in cfg.effects.items():
         if concept not in hrv.concepts or n <= 0:
             continue
-        n_prompts = max(1, -(-n // len(cfg.effects_seeds)))
-        pairs = attribute_prompts(concept, n_prompts, cfg.seed + 1)
-        t0 = time.time()
-        heads = "all" if cfg.effects_heads == "all" else list(cfg.effects_heads)
-        r = head_effects(pipe, hrv, concept, prompts=pairs, seeds=cfg.effects_seeds, heads=heads,
-                         scorer=SoftWorldScorer(concept, reader), settings=settings, tokens=cfg.effects_tokens,
-                         n_boot=cfg.n_boot, progress=False)
-        drops = r.baseline[None, :] - r.scores  # [heads, items]
-        boot = bootstrap_indices(len(r.items), cfg.n_boot, seed=0)
-        samples = drops[:, boot].mean(-1).T  # [boot, heads]
-
-        rho = functools.partial(_rho_ci, r.effects, samples, n=len(r.items))
-
-        sel = r.heads
-        perm_rng = _rng(cfg.seed, 500)
-        values = hrv[concept][sel].numpy()
-        null = np.array([_spearman(r.effects, perm_rng.permutation(values)) for _ in range(cfg.n_boot)])
-        observed = _spearman(r.effects, values)
-        control_values = control_hrv[concept][sel].numpy()
-        control_null = np.array([_spearman(r.effects, perm_rng.permutation(control_values))
-                                 for _ in range(cfg.n_boot)])
-        control_observed = _spearman(r.effects, control_values)
-        refs = {"hrv": rho(values),
-                "control_hrv": rho(control_values)}
-        others = {c: rho(hrv[c][sel].numpy()) for c in hrv.concepts if c != concept}
-        k = min(8, len(sel))
-        causal_top = set(r.ranking[:k])
-        hrv_top = set(sorted(sel, key=lambda h: -float(hrv[concept][h]))[:k])
-        pos = np.clip(r.effects, 0, None)
-        top3 = float(np.sort(pos)[::-1][:3].sum() / pos.sum()) if pos.sum() > 0 else float("nan")
-        names = [hrv.heads[h].short_name for h in sel]
-        res["concepts"][concept] = {
-            "items": len(r.items), "heads": len(sel), "baseline": mean_ci(r.baseline, cfg.n_boot),
-            "spearman": refs["hrv"], "spearman_control_hrv": refs["control_hrv"], "spearman_other_concepts": others,
-            "spearman_null_95": float(np.quantile(np.abs(null), 0.95)),
-            "spearman_p_perm": float((np.abs(null) >= abs(observed) - 1e-12).mean()),
-            "spearman_control_p_perm": float((np.abs(control_null) >= abs(control_observed) - 1e-12).mean()),
-            "top_overlap": {"k": k, "overlap": len(causal_top & hrv_top), "chance": k * k / len(sel)},
-            "top3_share_of_positive_effect": top3,
-            "largest_effects": [{"head": names[sel.index(h)], "effect": float(r.effects[sel.index(h)]),
-                                 "hrv": float(hrv[concept][h]), "hrv_rank": hrv.ranking(concept).index(h) + 1}
-                                for h in r.ranking[:5]],
-            "effects": [float(x) for x in r.effects], "effects_low": [float(x) for x in r.low],
-            "effects_high": [float(x) for x in r.high], "hrv_values": [float(hrv[concept][h]) for h in sel],
-            "head_names": names, "seconds": round(time.time() - t0, 1), "images": r.generations,
-        }
-        log(f"head effects {concept}: n={len(r.items)}, Spearman {fmt(refs['hrv'])}, {time.time() - t0:.0f}s")
+        done = cache.get(concept) if cache is not None else None
+        if done is not None:
+            res["concepts"][concept] = done
+            log(f"head effects {concept}: reused from an interrupted run")
+            continue
+        if only is not None and concept not in only:
+            continue
+        res["concepts"][concept] = _concept_effects(pipe, hrv, control_hrv, reader, cfg, settings, log, concept, n)
+        if cache is not None:
+            cache.put(concept, res["concepts"][concept])
     res["files"] = {"effects": _plot_effects(res, out / "head_effects.png")}
     return res
+
+
+def _concept_effects(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings, log, concept: str, n: int) -> dict:
+    """One concept of `effects_section`."""
+    from ..analysis import head_effects
+    from ..analysis.stats import bootstrap_indices
+
+    n_prompts = max(1, -(-n // len(cfg.effects_seeds)))
+    pairs = attribute_prompts(concept, n_prompts, cfg.seed + 1)
+    t0 = time.time()
+    heads = "all" if cfg.effects_heads == "all" else list(cfg.effects_heads)
+    r = head_effects(pipe, hrv, concept, prompts=pairs, seeds=cfg.effects_seeds, heads=heads,
+                     scorer=SoftWorldScorer(concept, reader), settings=settings, tokens=cfg.effects_tokens,
+                     n_boot=cfg.n_boot, progress=False)
+    drops = r.baseline[None, :] - r.scores  # [heads, items]
+    boot = bootstrap_indices(len(r.items), cfg.n_boot, seed=0)
+    samples = drops[:, boot].mean(-1).T  # [boot, heads]
+
+    rho = functools.partial(_rho_ci, r.effects, samples, n=len(r.items))
+
+    sel = r.heads
+    perm_rng = _rng(cfg.seed, 500)
+    values = hrv[concept][sel].numpy()
+    null = np.array([_spearman(r.effects, perm_rng.permutation(values)) for _ in range(cfg.n_boot)])
+    observed = _spearman(r.effects, values)
+    control_values = control_hrv[concept][sel].numpy()
+    control_null = np.array([_spearman(r.effects, perm_rng.permutation(control_values))
+                             for _ in range(cfg.n_boot)])
+    control_observed = _spearman(r.effects, control_values)
+    refs = {"hrv": rho(values),
+            "control_hrv": rho(control_values)}
+    others = {c: rho(hrv[c][sel].numpy()) for c in hrv.concepts if c != concept}
+    k = min(8, len(sel))
+    causal_top = set(r.ranking[:k])
+    hrv_top = set(sorted(sel, key=lambda h: -float(hrv[concept][h]))[:k])
+    pos = np.clip(r.effects, 0, None)
+    top3 = float(np.sort(pos)[::-1][:3].sum() / pos.sum()) if pos.sum() > 0 else float("nan")
+    names = [hrv.heads[h].short_name for h in sel]
+    result = {
+        "items": len(r.items), "heads": len(sel), "baseline": mean_ci(r.baseline, cfg.n_boot),
+        "spearman": refs["hrv"], "spearman_control_hrv": refs["control_hrv"], "spearman_other_concepts": others,
+        "spearman_null_95": float(np.quantile(np.abs(null), 0.95)),
+        "spearman_p_perm": float((np.abs(null) >= abs(observed) - 1e-12).mean()),
+        "spearman_control_p_perm": float((np.abs(control_null) >= abs(control_observed) - 1e-12).mean()),
+        "top_overlap": {"k": k, "overlap": len(causal_top & hrv_top), "chance": k * k / len(sel)},
+        "top3_share_of_positive_effect": top3,
+        "largest_effects": [{"head": names[sel.index(h)], "effect": float(r.effects[sel.index(h)]),
+                             "hrv": float(hrv[concept][h]), "hrv_rank": hrv.ranking(concept).index(h) + 1}
+                            for h in r.ranking[:5]],
+        "effects": [float(x) for x in r.effects], "effects_low": [float(x) for x in r.low],
+        "effects_high": [float(x) for x in r.high], "hrv_values": [float(hrv[concept][h]) for h in sel],
+        "head_names": names, "seconds": round(time.time() - t0, 1), "images": r.generations,
+    }
+    log(f"head effects {concept}: n={len(r.items)}, Spearman {fmt(refs['hrv'])}, {time.time() - t0:.0f}s")
+    return result
 
 
 def _plot_effects(res: dict, path: Path) -> str:
@@ -911,9 +931,10 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     ``resume=True``) once they are done. Returns ``{"done": [...], "missing": [...]}`` then.
     """
     if sections is not None:
-        unknown = sorted(set(sections) - set(REPORT_SECTIONS))
+        unknown = sorted(set(sections) - set(REPORT_SECTIONS) - {f"effects:{c}" for c in CONCEPTS})
         if unknown:
-            raise ValueError(f"unknown report section(s) {', '.join(unknown)}; choose from {', '.join(REPORT_SECTIONS)}")
+            raise ValueError(f"unknown report section(s) {', '.join(unknown)}; choose from {', '.join(REPORT_SECTIONS)} "
+                             "or effects:CONCEPT")
         resume = True
     from ..hrv import HRV
 
@@ -954,12 +975,18 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
         mass_prompts = [p for p, _ in attribute_prompts("Color", cfg.mass_items, cfg.seed + 5)]
         steps = [("attention_mass", lambda: attention_mass(pipe, mass_prompts, settings)),
                  ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out)),
-                 ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out)),
+                 ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out,
+                                                     cache=_PartCache(partial, "effects"))),
                  ("polysemy", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out)),
                  *([("polysemy_hard", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out, hard=True))]
                    if cfg.poly_hard_items else []),
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
+        for part in [s for s in (sections or ()) if s.startswith("effects:")]:
+            concept = part.split(":", 1)[1]  # one concept of the effects section, kept as its own partial file
+            if "effects" not in sections and not partial.has("effects"):
+                effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out, only=[concept],
+                                cache=_PartCache(partial, "effects"))
         for name, fn in steps:
             if sections is not None and name not in sections:
                 continue
@@ -978,6 +1005,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     if sections is not None:
         names = ["hrv"] + [name for name, _ in steps]
         done = [n for n in names if partial.has(n)]
+        done += [f"effects:{c}" for c in cfg.effects if "effects" not in done and partial.has(f"effects.{c}")]
         say(f"sections done: {', '.join(done)}; still to run: {', '.join(n for n in names if n not in done) or 'none'} "
             f"(then `--resume` without --sections writes the report)")
         return {"done": done, "missing": [n for n in names if n not in done]}
@@ -1008,6 +1036,22 @@ def _fingerprint(pipe, cfg: ReportConfig, model_name: str) -> str:
         weights = [float(sum(p.double().sum() for p in m.parameters())) for m in (pipe.unet, pipe.text_encoder)]
     text = json.dumps({"config": _jsonable(asdict(cfg)), "model": model_name, "weights": weights}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _PartCache:
+    """Per-concept results of one section, kept in the run's partial folder as ``<section>.<concept>.json``."""
+
+    def __init__(self, partial: "_Partial", section: str):
+        self.partial, self.section = partial, section
+
+    def get(self, concept: str):
+        name = f"{self.section}.{concept}"
+        if not self.partial.has(name):
+            return None
+        return json.loads(self.partial._path(name).read_text(encoding="utf-8"))["result"]
+
+    def put(self, concept: str, result: dict) -> None:
+        self.partial.put(f"{self.section}.{concept}", result, float(result.get("seconds", 0.0)))
 
 
 class _Partial:
