@@ -88,18 +88,14 @@ def report_command(
 
 def _sections(text: str | None) -> list[str] | None:
     """--sections: comma-separated names of the report's sections, checked before any work."""
-    from headlens.validation import CONCEPTS, REPORT_SECTIONS
+    from headlens.validation import check_sections
 
     if text is None:
         return None
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in REPORT_SECTIONS and not
-               (n.startswith("effects:") and n.split(":", 1)[1] in CONCEPTS)]
-    if not names or unknown:
-        raise UserError(f"--sections {text!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(REPORT_SECTIONS)} or effects:CONCEPT (one "
-                        "concept's single-head effects), comma-separated")
-    return names
+    try:
+        return check_sections([t.strip() for t in text.split(",") if t.strip()])
+    except ValueError as e:
+        raise UserError(f"--sections {text!r}: {e}, comma-separated") from None
 
 
 COMPARE_EXAMPLES = """Examples:

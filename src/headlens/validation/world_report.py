@@ -913,6 +913,17 @@ def report_hrvs(pipe, control, cfg: ReportConfig) -> tuple[list, list]:
 REPORT_SECTIONS = ("hrv", "attention_mass", "weakening", "effects", "polysemy", "polysemy_hard", "p2p", "ae")
 
 
+def check_sections(sections: Sequence[str]) -> list[str]:
+    """``sections`` as `run_report` takes them (names in :data:`REPORT_SECTIONS`, or ``effects:CONCEPT`` for one
+    concept's single-head effects); a ValueError names the unknown ones."""
+    names = list(sections)
+    unknown = [n for n in names if n not in REPORT_SECTIONS and n not in {f"effects:{c}" for c in CONCEPTS}]
+    if not names or unknown:
+        raise ValueError(f"unknown report section(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(REPORT_SECTIONS)} or effects:CONCEPT (one concept's single-head effects)")
+    return names
+
+
 def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = None, control=None,
                markdown: str | Path | None = None, log: Callable[[str], None] | None = print,
                model_name: str = "bundled world model", resume: bool = False,
@@ -931,10 +942,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     ``resume=True``) once they are done. Returns ``{"done": [...], "missing": [...]}`` then.
     """
     if sections is not None:
-        unknown = sorted(set(sections) - set(REPORT_SECTIONS) - {f"effects:{c}" for c in CONCEPTS})
-        if unknown:
-            raise ValueError(f"unknown report section(s) {', '.join(unknown)}; choose from {', '.join(REPORT_SECTIONS)} "
-                             "or effects:CONCEPT")
+        check_sections(sections)
         resume = True
     from ..hrv import HRV
 
@@ -1115,6 +1123,6 @@ def render_markdown(r: dict, out: Path, md_path: Path) -> str:
     return render(r, out, md_path)
 
 
-__all__ = ["CONCEPTS", "REPORT_SECTIONS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "edit_pairs",
+__all__ = ["CONCEPTS", "REPORT_SECTIONS", "ReportConfig", "SoftWorldScorer", "attribute_prompts", "build_hrvs", "check_sections", "edit_pairs",
            "mean_ci", "planned_generations", "polysemy_prompts", "random_init_control", "render_from_json", "run_report", "two_object_prompts",
            "vote_stats"]
