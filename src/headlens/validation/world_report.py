@@ -1054,9 +1054,7 @@ class _PartCache:
 
     def get(self, concept: str):
         name = f"{self.section}.{concept}"
-        if not self.partial.has(name):
-            return None
-        return json.loads(self.partial._path(name).read_text(encoding="utf-8"))["result"]
+        return self.partial.peek(name) if self.partial.has(name) else None
 
     def put(self, concept: str, result: dict) -> None:
         self.partial.put(f"{self.section}.{concept}", result, float(result.get("seconds", 0.0)))
@@ -1076,6 +1074,10 @@ class _Partial:
     def has(self, name: str) -> bool:
         p = self._path(name)
         return p.exists() and json.loads(p.read_text(encoding="utf-8")).get("key") == self.key
+
+    def peek(self, name: str) -> dict:
+        """A finished part's result, not counted as a reused section (per-concept parts of one section)."""
+        return json.loads(self._path(name).read_text(encoding="utf-8"))["result"]
 
     def get(self, name: str) -> tuple[dict, float]:
         data = json.loads(self._path(name).read_text(encoding="utf-8"))
