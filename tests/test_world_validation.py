@@ -351,6 +351,10 @@ def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
     assert run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=rest)["missing"] == []
     r = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, resume=True)
     assert r["resumed_sections"] == sorted(wr.REPORT_SECTIONS)
+    # the effects section's time counts the concepts that earlier runs computed, and the total counts every section
+    secs = r["seconds"]
+    assert secs["effects"] >= sum(c["seconds"] for c in r["effects"]["concepts"].values()) - 0.15
+    assert secs["total"] >= sum(v for k, v in secs.items() if k != "total") - 0.5
 
     def same(x):  # the results, without the run's timings and its output paths
         if isinstance(x, dict):

@@ -964,6 +964,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "processor": platform.machine()}}
     timings: dict = {}
+    carried = 0.0  # section time spent by earlier runs and not yet counted (per-concept effects parts)
     try:
         if partial.has("hrv"):
             report["hrv"], timings["hrv"] = partial.get("hrv")
@@ -1005,6 +1006,10 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
             t = time.time()
             report[name] = _jsonable(fn())
             timings[name] = time.time() - t
+            if name == "effects":  # concepts finished by earlier runs (effects:CONCEPT) count with their own time
+                cached = sum(c.get("seconds", 0.0) for c in report[name]["concepts"].values())
+                carried += max(0.0, cached - timings[name])
+                timings[name] = max(timings[name], cached)
             partial.put(name, report[name], timings[name])
             say(f"{name} done in {timings[name]:.0f}s")
     finally:
@@ -1017,7 +1022,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
         say(f"sections done: {', '.join(done)}; still to run: {', '.join(n for n in names if n not in done) or 'none'} "
             f"(then `--resume` without --sections writes the report)")
         return {"done": done, "missing": [n for n in names if n not in done]}
-    timings["total"] = (time.time() - t_start) + sum(v for k, v in timings.items() if k in partial.reused)
+    timings["total"] = (time.time() - t_start) + carried + sum(v for k, v in timings.items() if k in partial.reused)
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     report["resumed_sections"] = sorted(partial.reused)
     (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
