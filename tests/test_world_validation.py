@@ -328,25 +328,32 @@ def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
     cfg.weaken, cfg.effects = {"Color": 2}, {"Color": 1, "Shape": 1}
     whole = run_report(sd_pipe, StubReader(), tmp_path / "whole", config=cfg, log=None)
     out = tmp_path / "r"
-    got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["p2p", "effects:Shape"])
-    assert got["done"] == ["hrv", "p2p", "effects:Shape"] and {"ae", "weakening", "effects"} <= set(got["missing"])
+    got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None,
+                     sections=["p2p", "effects:Shape", "weakening:Color"])
+    assert got["done"] == ["hrv", "p2p", "weakening:Color", "effects:Shape"]
+    assert {"ae", "weakening", "effects"} <= set(got["missing"])
     assert not (out / "report.json").exists() and (out / ".partial" / "effects.Shape.json").exists()
-    assert not (out / ".partial" / "weakening.json").exists() and not (out / ".partial" / "effects.Color.json").exists()
-    # the whole section then computes only the concept still missing (Shape is not generated again)
+    assert (out / ".partial" / "weakening.Color.json").exists() and not (out / ".partial" / "weakening.json").exists()
+    assert not (out / ".partial" / "effects.Color.json").exists()
+    # the whole sections then compute only the concepts still missing (Shape's effects and Color's weakening are
+    # not generated again)
     calls = []
-    real = wr._concept_effects
+    real_e, real_w = wr._concept_effects, wr._concept_weakening
 
-    def counted(*a, **k):
-        calls.append(a[7])
-        return real(*a, **k)
+    def counted(real, name):
+        def run(*a, **k):
+            calls.append((name, a[7]))
+            return real(*a, **k)
+        return run
 
-    wr._concept_effects = counted
+    wr._concept_effects, wr._concept_weakening = counted(real_e, "effects"), counted(real_w, "weakening")
     try:
-        assert "effects" in run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["effects"])["done"]
+        got = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["effects", "weakening"])
     finally:
-        wr._concept_effects = real
-    assert calls == ["Color"]
-    rest = [n for n in wr.REPORT_SECTIONS if n not in ("hrv", "p2p", "effects")]
+        wr._concept_effects, wr._concept_weakening = real_e, real_w
+    assert {"effects", "weakening"} <= set(got["done"])
+    assert calls == [("effects", "Color")]
+    rest = [n for n in wr.REPORT_SECTIONS if n not in ("hrv", "p2p", "effects", "weakening")]
     # a second "process" with sections= never clears the first one's work, even without resume=True
     assert run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=rest)["missing"] == []
     r = run_report(sd_pipe, StubReader(), out, config=cfg, log=None, resume=True)
@@ -365,6 +372,8 @@ def test_report_sections_fill_one_report_side_by_side(sd_pipe, tmp_path):
         assert same(r[name]) == same(whole[name]), name
     with pytest.raises(ValueError, match="unknown report section"):
         run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["weaken"])
+    with pytest.raises(ValueError, match="weakening:Taste"):  # a concept the world does not have
+        run_report(sd_pipe, StubReader(), out, config=cfg, log=None, sections=["weakening:Taste"])
 
 
 def test_report_cli_refuses_an_unknown_section(tmp_path, monkeypatch, capsys):

@@ -44,7 +44,7 @@ def report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt samples (generation seeds are fixed per item)."),
     poly_hard_guidance: float = typer.Option(None, "--poly-hard-guidance", help="Guidance of the hard polysemy case ('an orange circle'), low so that the model misreads 'orange' as the fruit (default: ReportConfig's; 1 = no classifier-free guidance)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the finished sections of an interrupted run (same model and settings)."),
-    sections: str = typer.Option(None, "--sections", help="Compute only these sections, comma-separated (attention_mass, weakening, effects, polysemy, polysemy_hard, p2p, ae; effects:Color for one concept's single-head effects), into OUT/.partial, reusing finished ones: several processes can fill one report side by side; then `--resume` without --sections writes it."),
+    sections: str = typer.Option(None, "--sections", help="Compute only these sections, comma-separated (attention_mass, weakening, effects, polysemy, polysemy_hard, p2p, ae; weakening:Color or effects:Color for one concept of a section), into OUT/.partial, reusing finished ones: several processes can fill one report side by side; then `--resume` without --sections writes it."),
     render_only: bool = typer.Option(False, "--render-only", help="Only re-write the Markdown from <out>/report.json (no generation)."),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
 ) -> None:

@@ -496,58 +496,76 @@ def random_curve(pipe, items, ks, tokens: str, settings, scorer, num_heads: int,
     return out
 
 
-def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path) -> dict:
-    """Ordered weakening per concept and token set, with a random-order control and areas with CIs."""
+def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path,
+                      only: Sequence[str] | None = None, cache=None) -> dict:
+    """Ordered weakening per concept and token set, with a random-order control and areas with CIs.
+
+    ``cache`` and ``only`` as in `effects_section`: finished concepts are kept and reused one by one."""
+    ks = resolve_ks(cfg.ks, hrv.num_heads)
+    res: dict = {"ks": ks, "factor": -2.0, "token_sets": list(cfg.token_sets), "concepts": {}}
+    for concept, n in cfg.weaken.items():
+        if concept not in hrv.concepts or n <= 0:
+            continue
+        done = cache.get(concept) if cache is not None else None
+        if done is not None:
+            res["concepts"][concept] = done
+            log(f"weakening {concept}: reused from an interrupted run")
+            continue
+        if only is not None and concept not in only:
+            continue
+        res["concepts"][concept] = _concept_weakening(pipe, hrv, reader, cfg, settings, log, concept, n, ks)
+        if cache is not None:
+            cache.put(concept, res["concepts"][concept])
+    res["files"] = {"curves": _plot_weakening(res, out / "weakening_curves.png")}
+    return res
+
+
+def _concept_weakening(pipe, hrv, reader, cfg: ReportConfig, settings, log, concept: str, n: int,
+                       ks: list[int]) -> dict:
+    """One concept of `weakening_section`."""
     from ..analysis import ordered_weakening
     from ..analysis.stats import bootstrap_indices
     from ..scorers import WorldScorer
 
     H = hrv.num_heads
-    ks = resolve_ks(cfg.ks, H)
-    res: dict = {"ks": ks, "factor": -2.0, "token_sets": list(cfg.token_sets), "concepts": {}}
-    for concept, n in cfg.weaken.items():
-        if concept not in hrv.concepts or n <= 0:
-            continue
-        seeds = cfg.weaken_seeds[:max(1, min(len(cfg.weaken_seeds), n // 10))]
-        pairs = attribute_prompts(concept, max(1, -(-n // len(seeds))), cfg.seed)
-        scorer = WorldScorer(concept, reader=reader)
-        t0 = time.time()
-        token_sets = list(cfg.weaken_tokens.get(concept, cfg.token_sets))
-        r = ordered_weakening(pipe, hrv, concept, prompts=pairs, seeds=seeds, ks=ks, scorer=scorer,
-                              out=None, tokens=token_sets, random_draws=0, settings=settings,
-                              n_boot=cfg.n_boot, progress=False)
-        items = r.items
-        images = r.generations
-        boot = bootstrap_indices(len(items), cfg.n_boot, seed=0)
-        vocab = _vocab()[0]
-        c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(seeds), "tokens": {},
-                       "chance": 1.0 / len(vocab.VOCABULARY[concept])}
-        for tok in token_sets:
-            mor = r.curve("morhf", tok).per_item
-            ler = r.curve("lerhf", tok).per_item
-            rnd = random_curve(pipe, items, ks, tok, settings, scorer, H, cfg.random_groups, cfg.seed)
-            images += int(np.isfinite(rnd).sum())
-            rnd[0], rnd[-1] = mor[0], mor[-1]
-            curves = {}
-            for name, m in (("morhf", mor), ("lerhf", ler), ("random", rnd)):
-                samples = m[:, boot].mean(-1)  # [ks, boot]
-                curves[name] = {"mean": m.mean(-1).tolist(), "low": np.quantile(samples, 0.025, axis=1).tolist(),
-                                "high": np.quantile(samples, 0.975, axis=1).tolist()}
+    seeds = cfg.weaken_seeds[:max(1, min(len(cfg.weaken_seeds), n // 10))]
+    pairs = attribute_prompts(concept, max(1, -(-n // len(seeds))), cfg.seed)
+    scorer = WorldScorer(concept, reader=reader)
+    t0 = time.time()
+    token_sets = list(cfg.weaken_tokens.get(concept, cfg.token_sets))
+    r = ordered_weakening(pipe, hrv, concept, prompts=pairs, seeds=seeds, ks=ks, scorer=scorer,
+                          out=None, tokens=token_sets, random_draws=0, settings=settings,
+                          n_boot=cfg.n_boot, progress=False)
+    items = r.items
+    images = r.generations
+    boot = bootstrap_indices(len(items), cfg.n_boot, seed=0)
+    vocab = _vocab()[0]
+    c_res: dict = {"items": len(items), "prompts": len(pairs), "seeds": list(seeds), "tokens": {},
+                   "chance": 1.0 / len(vocab.VOCABULARY[concept])}
+    for tok in token_sets:
+        mor = r.curve("morhf", tok).per_item
+        ler = r.curve("lerhf", tok).per_item
+        rnd = random_curve(pipe, items, ks, tok, settings, scorer, H, cfg.random_groups, cfg.seed)
+        images += int(np.isfinite(rnd).sum())
+        rnd[0], rnd[-1] = mor[0], mor[-1]
+        curves = {}
+        for name, m in (("morhf", mor), ("lerhf", ler), ("random", rnd)):
+            samples = m[:, boot].mean(-1)  # [ks, boot]
+            curves[name] = {"mean": m.mean(-1).tolist(), "low": np.quantile(samples, 0.025, axis=1).tolist(),
+                            "high": np.quantile(samples, 0.975, axis=1).tolist()}
 
-            def area(upper, lower, boot=boot):
-                return _area_ci(ks, upper, lower, boot)
+        def area(upper, lower, boot=boot):
+            return _area_ci(ks, upper, lower, boot)
 
-            c_res["tokens"][tok] = {"curves": curves, "area_lerhf_morhf": area(ler, mor),
-                                    "area_random_morhf": area(rnd, mor), "area_lerhf_random": area(ler, rnd),
-                                    "baseline": mean_ci(mor[0], cfg.n_boot), "all_heads": mean_ci(mor[-1], cfg.n_boot)}
-        c_res["seconds"] = round(time.time() - t0, 1)
-        c_res["images"] = images
-        res["concepts"][concept] = c_res
-        w = c_res["tokens"].get("words", next(iter(c_res["tokens"].values())))
-        log(f"weakening {concept}: n={len(items)}, area LeRHF−MoRHF (words) {fmt(w['area_lerhf_morhf'])}, "
-            f"{c_res['seconds']:.0f}s")
-    res["files"] = {"curves": _plot_weakening(res, out / "weakening_curves.png")}
-    return res
+        c_res["tokens"][tok] = {"curves": curves, "area_lerhf_morhf": area(ler, mor),
+                                "area_random_morhf": area(rnd, mor), "area_lerhf_random": area(ler, rnd),
+                                "baseline": mean_ci(mor[0], cfg.n_boot), "all_heads": mean_ci(mor[-1], cfg.n_boot)}
+    c_res["seconds"] = round(time.time() - t0, 1)
+    c_res["images"] = images
+    w = c_res["tokens"].get("words", next(iter(c_res["tokens"].values())))
+    log(f"weakening {concept}: n={len(items)}, area LeRHF−MoRHF (words) {fmt(w['area_lerhf_morhf'])}, "
+        f"{c_res['seconds']:.0f}s")
+    return c_res
 
 
 def _area_ci(ks, upper: np.ndarray, lower: np.ndarray, boot: np.ndarray) -> dict:
@@ -911,16 +929,20 @@ def report_hrvs(pipe, control, cfg: ReportConfig) -> tuple[list, list]:
 
 # the report's sections in the order a run computes them (`run_report(sections=)`, `headlens world report --sections`)
 REPORT_SECTIONS = ("hrv", "attention_mass", "weakening", "effects", "polysemy", "polysemy_hard", "p2p", "ae")
+# the sections that can also be computed one concept at a time (``weakening:Color``), each kept as its own part
+PER_CONCEPT_SECTIONS = ("weakening", "effects")
 
 
 def check_sections(sections: Sequence[str]) -> list[str]:
-    """``sections`` as `run_report` takes them (names in :data:`REPORT_SECTIONS`, or ``effects:CONCEPT`` for one
-    concept's single-head effects); a ValueError names the unknown ones."""
+    """``sections`` as `run_report` takes them (names in :data:`REPORT_SECTIONS`, or ``SECTION:CONCEPT`` for one
+    concept of a section in :data:`PER_CONCEPT_SECTIONS`); a ValueError names the unknown ones."""
     names = list(sections)
-    unknown = [n for n in names if n not in REPORT_SECTIONS and n not in {f"effects:{c}" for c in CONCEPTS}]
+    parts = {f"{s}:{c}" for s in PER_CONCEPT_SECTIONS for c in CONCEPTS}
+    unknown = [n for n in names if n not in REPORT_SECTIONS and n not in parts]
     if not names or unknown:
         raise ValueError(f"unknown report section(s) {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(REPORT_SECTIONS)} or effects:CONCEPT (one concept's single-head effects)")
+                         f"{', '.join(REPORT_SECTIONS)}, or weakening:CONCEPT / effects:CONCEPT for one concept "
+                         f"(concepts: {', '.join(CONCEPTS)})")
     return names
 
 
@@ -936,8 +958,8 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     Each finished section is kept in ``out/.partial/`` until the report is written; ``resume=True``
     reuses those of an interrupted run with the same model and configuration.
 
-    ``sections``: compute only these sections (names in :data:`REPORT_SECTIONS`; the HRVs are built or reused
-    first) into ``out/.partial/``, reusing finished ones and never clearing the folder, so that several processes
+    ``sections``: compute only these sections (names in :data:`REPORT_SECTIONS`, or ``weakening:CONCEPT`` /
+    ``effects:CONCEPT`` for one concept of a section; the HRVs are built or reused first) into ``out/.partial/``, reusing finished ones and never clearing the folder, so that several processes
     can fill one report side by side; the report itself is written by a run without ``sections`` (with
     ``resume=True``) once they are done. Returns ``{"done": [...], "missing": [...]}`` then.
     """
@@ -983,7 +1005,8 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                 f"{fmt(report['hrv']['control']['concentration'])} ({timings['hrv']:.0f}s)")
         mass_prompts = [p for p, _ in attribute_prompts("Color", cfg.mass_items, cfg.seed + 5)]
         steps = [("attention_mass", lambda: attention_mass(pipe, mass_prompts, settings)),
-                 ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out)),
+                 ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out,
+                                                         cache=_PartCache(partial, "weakening"))),
                  ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out,
                                                      cache=_PartCache(partial, "effects"))),
                  ("polysemy", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out)),
@@ -991,11 +1014,14 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                    if cfg.poly_hard_items else []),
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
-        for part in [s for s in (sections or ()) if s.startswith("effects:")]:
-            concept = part.split(":", 1)[1]  # one concept of the effects section, kept as its own partial file
-            if "effects" not in sections and not partial.has("effects"):
-                effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out, only=[concept],
-                                cache=_PartCache(partial, "effects"))
+        per_concept = {"weakening": lambda only: weakening_section(pipe, hrv, reader, cfg, settings, say, out,
+                                                                    only=only, cache=_PartCache(partial, "weakening")),
+                       "effects": lambda only: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say,
+                                                               out, only=only, cache=_PartCache(partial, "effects"))}
+        for part in [s for s in (sections or ()) if ":" in s]:
+            section, concept = part.split(":", 1)  # one concept of a section, kept as its own partial file
+            if section not in sections and not partial.has(section):
+                per_concept[section]([concept])
         for name, fn in steps:
             if sections is not None and name not in sections:
                 continue
@@ -1006,7 +1032,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
             t = time.time()
             report[name] = _jsonable(fn())
             timings[name] = time.time() - t
-            if name == "effects":  # concepts finished by earlier runs (effects:CONCEPT) count with their own time
+            if name in PER_CONCEPT_SECTIONS:  # concepts finished by earlier runs (SECTION:CONCEPT) count their time
                 cached = sum(c.get("seconds", 0.0) for c in report[name]["concepts"].values())
                 carried += max(0.0, cached - timings[name])
                 timings[name] = max(timings[name], cached)
@@ -1018,7 +1044,8 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
     if sections is not None:
         names = ["hrv"] + [name for name, _ in steps]
         done = [n for n in names if partial.has(n)]
-        done += [f"effects:{c}" for c in cfg.effects if "effects" not in done and partial.has(f"effects.{c}")]
+        done += [f"{s}:{c}" for s, todo in (("weakening", cfg.weaken), ("effects", cfg.effects)) for c in todo
+                 if s not in done and partial.has(f"{s}.{c}")]
         say(f"sections done: {', '.join(done)}; still to run: {', '.join(n for n in names if n not in done) or 'none'} "
             f"(then `--resume` without --sections writes the report)")
         return {"done": done, "missing": [n for n in names if n not in done]}
