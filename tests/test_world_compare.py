@@ -43,6 +43,11 @@ def test_comparison_rows_come_from_each_report(tmp_path) -> None:
     effects = md.split("## Single-head effects vs HRV")[1].split("##")[0]
     line = next(x for x in effects.splitlines() if x.startswith("| Color |"))
     assert line.split(" | ")[1] == f"{_f(e['spearman'], d=2)}, p {e['spearman_p_perm']:.2f} (n={e['items']} items × {e['heads']} heads)"
+    # the hard polysemy case shows adjusting beside its head-shuffled control
+    d = a["polysemy_hard"]["fruit_differences"]
+    assert rows["hard polysemy: adjusting, change in fruit rate"].split(" | ")[1] == _f(d["adjust"], True)
+    assert (rows["hard polysemy: adjusting with a head-shuffled HRV (control), change in fruit rate"].split(" | ")[1]
+            == _f(d["adjust (head-shuffled HRV)"], True))
 
 
 def test_verdict_uses_both_intervals() -> None:

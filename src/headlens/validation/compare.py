@@ -151,6 +151,8 @@ def render_comparison(reports: dict[str, dict], descriptions: dict[str, str] | N
                                                         for r in rs]))
     L.append(_row("hard polysemy: adjusting, change in fruit rate",
                   [_f(_get(r, "polysemy_hard", "fruit_differences", "adjust"), True) for r in rs]))
+    L.append(_row("hard polysemy: adjusting with a head-shuffled HRV (control), change in fruit rate",
+                  [_f(_get(r, "polysemy_hard", "fruit_differences", "adjust (head-shuffled HRV)"), True) for r in rs]))
     L.append(_row("P2P-HRV: success and all kept",
                   [_f(_get(r, "p2p", "methods", "P2P-HRV", "success_and_kept"), True) for r in rs]))
     L.append(_row("P2P: success and all kept", [_f(_get(r, "p2p", "methods", "P2P", "success_and_kept"), True)
