@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from headlens.validation import render_from_json
+from headlens.validation.compare import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_DIR = ROOT / "docs" / "world-report"  # the default model's report
@@ -84,9 +85,12 @@ def test_readme_world_numbers_come_from_report_json(report):
     poly, hard = report["polysemy"], report["polysemy_hard"]
     p2p, ae = report["p2p"]["methods"], report["ae"]
     S = w["concepts"]["Shape"]["tokens"]
-    pos = w["concepts"]["Position"]["tokens"]
+    bg = w["concepts"]["Background"]["tokens"]
+    C = w["concepts"]["Color"]["tokens"]
     am, jam = report["attention_mass"]["overall"], joint["attention_mass"]["overall"]
     items = {c: v["items"] for c, v in w["concepts"].items()}
+    ours, theirs = summary(report), summary(joint)
+    words = {0: "none", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
     want = [
         f"{cfg['steps']} DDIM steps, CFG {cfg['guidance']:g}",
         f"top-concept vote share per head {ci(hrv['trained']['concentration'])} vs {ci(hrv['control']['concentration'])}",
@@ -94,12 +98,17 @@ def test_readme_world_numbers_come_from_report_json(report):
         f"mean ρ {num(mean(hrv['trained']['empty_prompt_spearman']))}; control "
         f"{num(mean(hrv['control']['empty_prompt_spearman']))}",
         f"k = {', '.join(map(str, ks))} heads",
-        f"at k = 20: {curve('Shape', 20)}; area random − MoRHF {ci(S['words']['area_random_morhf'])}, "
-        f"LeRHF − random {ci(S['words']['area_lerhf_random'])}; with `words+end` {ci(S['words+end']['area_random_morhf'])}",
+        f"at k = 20 with `words`: {curve('Shape', 20)}; area random − MoRHF {ci(S['words']['area_random_morhf'])}, "
+        f"LeRHF − random {ci(S['words']['area_lerhf_random'])}; with `words+end` "
+        f"{ci(S['words+end']['area_random_morhf'])}, LeRHF − random {ci(S['words+end']['area_lerhf_random'])}",
+        f"its top heads hurt more than random ones with `words` ({ci(C['words']['area_random_morhf'])})",
         f"Color at k = 20: {curve('Color', 20)}",
+        "contradicted with `words+end`: random heads hurt more than the HRV's top heads (random − MoRHF "
+        + ", ".join(num(w["concepts"][c]["tokens"]["words+end"]["area_random_morhf"]["mean"])
+                    for c in ("Size", "Pattern", "Background")) + ")",
         f"{items['Color']} prompt × seed items per concept (Position: {items['Position']})",
-        f"every word column at every head ({pct(pos['words']['all_heads']['mean'])}) and falls to "
-        f"{pct(pos['words+end']['all_heads']['mean'])} only when",
+        f"**Background** survives the weakening of every word column at every head ({pct(bg['words']['all_heads']['mean'])}) "
+        f"and falls to {pct(bg['words+end']['all_heads']['mean'])} only when",
         f"{pct(am['words'])} on the prompt's words, {pct(am['pad'])} on padding tokens (the joint model: "
         f"{pct(jam['words'])} and {pct(jam['pad'])})",
         f"({color['items']} items × {color['heads']} heads per concept)",
@@ -114,17 +123,32 @@ def test_readme_world_numbers_come_from_report_json(report):
         f"{joint['polysemy_hard']['guidance']:g})",
         f"adjusting changes it by {pct_ci(hard['fruit_differences']['adjust'], sign=True)}, against "
         f"{pct_ci(hard['fruit_differences']['adjust (head-shuffled HRV)'], sign=True)} with a head-shuffled HRV",
+        f"(the joint model: {pct(joint['polysemy_hard']['fruit_differences']['adjust']['mean'], sign=True)})",
+        f"(orange circles {pct_ci(hard['differences']['adjust'], sign=True)}); at guidance {poly['guidance']:g} "
+        f"adjusting costs colour sense ({pct(poly['differences']['adjust']['mean'], sign=True)})",
         f"colour edits ({report['p2p']['items']}): success {pct(p2p['P2P']['success']['mean'])} vs "
         f"{pct(p2p['P2P-HRV']['success']['mean'])} (P2P-HRV − P2P {pct_ci(report['p2p']['success_diff_hrv_minus_p2p'], sign=True)})",
         f"other attributes kept {pct(p2p['P2P']['all_kept']['mean'])} vs {pct(p2p['P2P-HRV']['all_kept']['mean'])}",
         f"({ae['items']} prompts), an object missing: SD {pct(ae['methods']['SD']['object_missing']['mean'])}, "
         f"A&E {pct(ae['methods']['A&E']['object_missing']['mean'])}, "
         f"A&E-HRV {pct(ae['methods']['A&E-HRV']['object_missing']['mean'])}",
-        f"neither A&E ({pct_ci(ae['diff_ae_minus_sd'], sign=True)}) nor A&E-HRV ({pct_ci(ae['diff_hrv_minus_ae'], sign=True)})",
+        f"A&E does not help on this model ({pct_ci(ae['diff_ae_minus_sd'], sign=True)}) and A&E-HRV misses more "
+        f"({pct_ci(ae['diff_hrv_minus_ae'], sign=True)})",
+        f"(an object missing {pct(ae['methods']['SD']['object_missing']['mean'])} against "
+        f"{pct(joint['ae']['methods']['SD']['object_missing']['mean'])})",
+        f"Color's `{chub['head']}` alone carries most of its effect, ranked {ordinal(chub['hrv_rank'])} by its HRV",
+        f"{words[len(ours['contradicted'])]} contradicted here against {words[len(theirs['contradicted'])]} there",
         f"({pct(jam['end'] + jam['pad'])} → {pct(am['end'] + am['pad'])} on end + padding tokens)",
     ]
     missing = [s for s in want if s not in text]
     assert not missing, f"README world-numbers block does not say (from docs/world-report/report.json): {missing}"
+    # the words around the numbers: "does not help" = an interval around 0, "misses more" = one above 0, "alone
+    # carries most" = over half the summed positive effect, one concept validated on each model
+    assert ae["diff_ae_minus_sd"]["low"] < 0 < ae["diff_ae_minus_sd"]["high"] and ae["diff_hrv_minus_ae"]["low"] > 0
+    positive = [e for e in color["effects"] if e > 0]
+    assert chub["effect"] > sum(positive) / 2
+    assert len(ours["validated"]) == len(theirs["validated"]) == 1
+    assert "one concept validated on each model" in text and hard["fruit_differences"]["adjust"]["high"] < 0
 
 
 def _verdicts(report_md: Path) -> dict[str, list[str]]:
@@ -136,6 +160,10 @@ def _verdicts(report_md: Path) -> dict[str, list[str]]:
         if m:
             verdicts.setdefault(m.group(2), []).append(m.group(1))
     return verdicts
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _names(group: str) -> list[str]:
@@ -155,3 +183,11 @@ def test_readme_world_summary_matches_the_verdicts(report_md):
     assert _names(m.group(1)) == verdicts["validated by weakening"]
     assert _names(m.group(3)) == verdicts["contradicted"]
     assert set(_names(m.group(2) or "")) == set(verdicts.get("partial", []))
+    # the concepts whose curves do not differ from random heads are named right after
+    md = (ROOT / "docs" / report_md).read_text(encoding="utf-8")
+    same = re.findall(r"^- (\w+) \(n=\d+\): no difference from random heads", md, flags=re.M)
+    rest = after.lstrip(") :,")[m.end():].strip()
+    if same:
+        assert rest.startswith(f"{_and(same)} shows no difference from random heads"), rest[:120]
+    else:
+        assert "no difference" not in rest.split("The first", 1)[0]
