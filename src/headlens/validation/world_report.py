@@ -496,26 +496,37 @@ def random_curve(pipe, items, ks, tokens: str, settings, scorer, num_heads: int,
     return out
 
 
+def _each_concept(todo: dict[str, int], hrv, cache, only: Sequence[str] | None, log, label: str,
+                  compute: Callable[[str, int], dict]) -> dict:
+    """``{concept: compute(concept, n)}`` over the concepts of ``todo`` that the HRV has (n > 0): finished ones
+    taken from ``cache`` (``get``/``put`` per concept), only those in ``only`` computed (when given)."""
+    results: dict = {}
+    for concept, n in todo.items():
+        if concept not in hrv.concepts or n <= 0:
+            continue
+        done = cache.get(concept) if cache is not None else None
+        if done is not None:
+            results[concept] = done
+            log(f"{label} {concept}: reused from an interrupted run")
+            continue
+        if only is not None and concept not in only:
+            continue
+        results[concept] = compute(concept, n)
+        if cache is not None:
+            cache.put(concept, results[concept])
+    return results
+
+
 def weakening_section(pipe, hrv, reader, cfg: ReportConfig, settings, log, out: Path,
                       only: Sequence[str] | None = None, cache=None) -> dict:
     """Ordered weakening per concept and token set, with a random-order control and areas with CIs.
 
     ``cache`` and ``only`` as in `effects_section`: finished concepts are kept and reused one by one."""
     ks = resolve_ks(cfg.ks, hrv.num_heads)
-    res: dict = {"ks": ks, "factor": -2.0, "token_sets": list(cfg.token_sets), "concepts": {}}
-    for concept, n in cfg.weaken.items():
-        if concept not in hrv.concepts or n <= 0:
-            continue
-        done = cache.get(concept) if cache is not None else None
-        if done is not None:
-            res["concepts"][concept] = done
-            log(f"weakening {concept}: reused from an interrupted run")
-            continue
-        if only is not None and concept not in only:
-            continue
-        res["concepts"][concept] = _concept_weakening(pipe, hrv, reader, cfg, settings, log, concept, n, ks)
-        if cache is not None:
-            cache.put(concept, res["concepts"][concept])
+    res: dict = {"ks": ks, "factor": -2.0, "token_sets": list(cfg.token_sets)}
+    res["concepts"] = _each_concept(
+        cfg.weaken, hrv, cache, only, log, "weakening",
+        lambda concept, n: _concept_weakening(pipe, hrv, reader, cfg, settings, log, concept, n, ks))
     res["files"] = {"curves": _plot_weakening(res, out / "weakening_curves.png")}
     return res
 
@@ -622,20 +633,10 @@ def effects_section(pipe, hrv, control_hrv, reader, cfg: ReportConfig, settings,
     ``cache``: an object with ``get(concept)`` (a finished concept's result or None) and ``put(concept, result)``,
     so that an interrupted section keeps its finished concepts; ``only``: compute just these concepts (the others
     are taken from the cache where finished, else left out)."""
-    res: dict = {"tokens": cfg.effects_tokens, "factor": -2.0, "concepts": {}}
-    for concept, n in cfg.effects.items():
-        if concept not in hrv.concepts or n <= 0:
-            continue
-        done = cache.get(concept) if cache is not None else None
-        if done is not None:
-            res["concepts"][concept] = done
-            log(f"head effects {concept}: reused from an interrupted run")
-            continue
-        if only is not None and concept not in only:
-            continue
-        res["concepts"][concept] = _concept_effects(pipe, hrv, control_hrv, reader, cfg, settings, log, concept, n)
-        if cache is not None:
-            cache.put(concept, res["concepts"][concept])
+    res: dict = {"tokens": cfg.effects_tokens, "factor": -2.0}
+    res["concepts"] = _each_concept(
+        cfg.effects, hrv, cache, only, log, "head effects",
+        lambda concept, n: _concept_effects(pipe, hrv, control_hrv, reader, cfg, settings, log, concept, n))
     res["files"] = {"effects": _plot_effects(res, out / "head_effects.png")}
     return res
 
