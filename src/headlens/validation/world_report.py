@@ -987,7 +987,7 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
                     "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                 "threads": torch.get_num_threads(), "processor": platform.machine()}}
     timings: dict = {}
-    carried = 0.0  # section time spent by earlier runs and not yet counted (per-concept effects parts)
+    carried = 0.0  # section time spent by earlier runs and not yet counted (per-concept parts)
     try:
         if partial.has("hrv"):
             report["hrv"], timings["hrv"] = partial.get("hrv")
@@ -1005,20 +1005,19 @@ def run_report(pipe, reader, out: str | Path, *, config: ReportConfig | None = N
             say(f"HRVs built: concentration trained {fmt(report['hrv']['trained']['concentration'])}, control "
                 f"{fmt(report['hrv']['control']['concentration'])} ({timings['hrv']:.0f}s)")
         mass_prompts = [p for p, _ in attribute_prompts("Color", cfg.mass_items, cfg.seed + 5)]
+        # the sections that keep each finished concept as its own part; ``only``: just these concepts (None: all)
+        per_concept = {"weakening": lambda only: weakening_section(pipe, hrv, reader, cfg, settings, say, out,
+                                                                    only=only, cache=_PartCache(partial, "weakening")),
+                       "effects": lambda only: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say,
+                                                               out, only=only, cache=_PartCache(partial, "effects"))}
         steps = [("attention_mass", lambda: attention_mass(pipe, mass_prompts, settings)),
-                 ("weakening", lambda: weakening_section(pipe, hrv, reader, cfg, settings, say, out,
-                                                         cache=_PartCache(partial, "weakening"))),
-                 ("effects", lambda: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say, out,
-                                                     cache=_PartCache(partial, "effects"))),
+                 ("weakening", lambda: per_concept["weakening"](None)),
+                 ("effects", lambda: per_concept["effects"](None)),
                  ("polysemy", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out)),
                  *([("polysemy_hard", lambda: polysemy_section(pipe, hrv, reader, cfg, settings, say, out, hard=True))]
                    if cfg.poly_hard_items else []),
                  ("p2p", lambda: p2p_section(pipe, hrv, reader, cfg, settings, say, out)),
                  ("ae", lambda: ae_section(pipe, hrv, reader, cfg, say, out))]
-        per_concept = {"weakening": lambda only: weakening_section(pipe, hrv, reader, cfg, settings, say, out,
-                                                                    only=only, cache=_PartCache(partial, "weakening")),
-                       "effects": lambda only: effects_section(pipe, hrv, control_hrv, reader, cfg, settings, say,
-                                                               out, only=only, cache=_PartCache(partial, "effects"))}
         for part in [s for s in (sections or ()) if ":" in s]:
             section, concept = part.split(":", 1)  # one concept of a section, kept as its own partial file
             if section not in sections and not partial.has(section):
